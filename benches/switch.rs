@@ -1,0 +1,133 @@
+//! Switch costs (issue 3): greenlet round trip against a raw corosensei resume+suspend
+//! pair, and create + first switch + finish with a pooled and with a fresh stack.
+//!
+//! Run: `cargo bench --bench switch`. Prints `BENCH <name> <value> <unit>` lines.
+//! Each figure is the best of several rounds (the machines are shared and noisy); the
+//! ratios compare figures taken in the same run.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use corosensei::{Coroutine, CoroutineResult};
+use greenhub::{Greenlet, getcurrent};
+
+const ROUNDS: usize = 7;
+
+/// Best time per iteration over `ROUNDS` rounds of `iters` iterations, in ns.
+fn best_ns(iters: u64, mut round: impl FnMut(u64) -> Duration) -> f64 {
+    (0..ROUNDS)
+        .map(|_| round(iters).as_secs_f64() * 1e9 / iters as f64)
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn raw_corosensei_pair(iters: u64) -> f64 {
+    let mut co: Coroutine<u64, u64, ()> = Coroutine::new(|y, mut v| {
+        loop {
+            v = y.suspend(black_box(v));
+            if v == u64::MAX {
+                return;
+            }
+        }
+    });
+    let ns = best_ns(iters, |n| {
+        let t = Instant::now();
+        for i in 0..n {
+            match co.resume(black_box(i)) {
+                CoroutineResult::Yield(v) => {
+                    black_box(v);
+                }
+                CoroutineResult::Return(()) => unreachable!(),
+            }
+        }
+        t.elapsed()
+    });
+    let _ = co.resume(u64::MAX);
+    ns
+}
+
+fn greenlet_round_trip(iters: u64) -> f64 {
+    let main = getcurrent();
+    let g = Greenlet::new(move |_| -> Result<(), greenhub::Error> {
+        loop {
+            main.switch(())?;
+        }
+    });
+    best_ns(iters, |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(g.switch(()).unwrap());
+        }
+        t.elapsed()
+    })
+}
+
+fn greenlet_create_run_finish_pooled(iters: u64) -> f64 {
+    best_ns(iters, |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            let g = Greenlet::new(|_| Ok(()));
+            black_box(g.switch(()).unwrap());
+        }
+        t.elapsed()
+    })
+}
+
+/// Every greenlet gets a never-touched stack: `n` are created (and hold their stacks) before
+/// any runs. A stack size used nowhere else keeps the pool from handing back warm stacks.
+fn greenlet_create_run_finish_fresh(iters: u64) -> f64 {
+    let mut size = 72 * 1024;
+    best_ns(iters, |n| {
+        size += 4096; // a new size class each round: fresh slots every time
+        let t = Instant::now();
+        let gs: Vec<Greenlet> = (0..n)
+            .map(|_| Greenlet::builder().stack_size(size).build(|_| Ok(())))
+            .collect();
+        for g in &gs {
+            black_box(g.switch(()).unwrap());
+        }
+        drop(gs);
+        t.elapsed()
+    })
+}
+
+/// The peer for a fresh stack: corosensei's own default stack (one mmap + mprotect + munmap
+/// per coroutine).
+fn corosensei_create_run_finish_default_stack(iters: u64) -> f64 {
+    best_ns(iters, |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut co: Coroutine<(), (), ()> = Coroutine::new(|_, ()| {});
+            black_box(co.resume(()));
+        }
+        t.elapsed()
+    })
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 1 } else { 10 };
+
+    let raw = raw_corosensei_pair(200_000 * scale);
+    let rt = greenlet_round_trip(200_000 * scale);
+    let pooled = greenlet_create_run_finish_pooled(50_000 * scale);
+    let fresh = greenlet_create_run_finish_fresh(2_000 * scale);
+    let coro_fresh = corosensei_create_run_finish_default_stack(2_000 * scale);
+
+    println!("| figure | ns | note |");
+    println!("|---|---:|---|");
+    println!("| raw corosensei resume+suspend | {raw:.2} | peer |");
+    println!(
+        "| greenlet round trip A->B->A | {rt:.2} | {:.2}x raw (target <= 2.5x) |",
+        rt / raw
+    );
+    println!("| create + switch + finish, pooled stack | {pooled:.1} | target <= 150 ns |");
+    println!("| create + switch + finish, fresh stack | {fresh:.1} | |");
+    println!("| corosensei Coroutine::new + resume (own mmap stack) | {coro_fresh:.1} | peer |");
+
+    println!("BENCH switch_raw_corosensei_pair {raw:.2} ns");
+    println!("BENCH switch_greenlet_round_trip {rt:.2} ns");
+    println!("BENCH switch_round_trip_ratio {:.2} x", rt / raw);
+    println!("BENCH greenlet_create_run_finish_pooled {pooled:.1} ns");
+    println!("BENCH greenlet_create_run_finish_fresh {fresh:.1} ns");
+    println!("BENCH corosensei_create_run_finish_mmap {coro_fresh:.1} ns");
+}

@@ -1,0 +1,519 @@
+//! Greenlets: stackful coroutines that switch explicitly, with Python greenlet's rules.
+//!
+//! A [`Greenlet`] runs a function on its own stack. [`Greenlet::switch`] suspends the
+//! running greenlet and runs another; the first switch into a greenlet calls its function
+//! with the switched value, later switches make its pending `switch` return the value.
+//! When the function returns, its result is switched into the greenlet's parent.
+//! The thread's own stack is the *main* greenlet; it has no parent and never dies.
+//!
+//! ```
+//! use greenhub::{Greenlet, getcurrent};
+//!
+//! let blue = Greenlet::new(|red| {
+//!     let red: Greenlet = red.downcast().unwrap();
+//!     println!("blue");
+//!     red.switch(())?;
+//!     println!("blue done"); // never printed: nobody switches back to blue
+//!     Ok(())
+//! });
+//! let red = Greenlet::new(move |_| {
+//!     println!("red");
+//!     blue.switch(getcurrent())?;
+//!     println!("red done");
+//!     Ok(())
+//! });
+//! red.switch(()).unwrap();
+//! assert!(red.is_dead());
+//! ```
+//!
+//! Handles are `!Send` and `!Sync`: a greenlet lives and dies on the thread that made it.
+//!
+//! ```compile_fail
+//! let g = greenhub::Greenlet::new(|_| Ok(()));
+//! std::thread::spawn(move || g.switch(())); // Greenlet is not Send
+//! ```
+//!
+//! ```compile_fail
+//! fn needs_sync<T: Sync>(_: &T) {}
+//! needs_sync(&greenhub::getcurrent()); // Greenlet is not Sync
+//! ```
+
+mod stack;
+mod switch;
+mod trace;
+mod value;
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::panic::Location;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use corosensei::Yielder;
+
+use crate::error::Error;
+use switch::{Co, Msg, Payload};
+
+pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
+pub use trace::{TraceEvent, TraceHook, settrace};
+pub use value::Value;
+
+/// The panic payload that unwinds a killed greenlet (Python's `GreenletExit`).
+///
+/// If code inside a greenlet catches panics with `catch_unwind`, it should let this one
+/// go on (`resume_unwind`) so that the kill completes.
+#[derive(Debug)]
+pub struct GreenletExit;
+
+/// Where a greenlet is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Created, never switched into.
+    Unstarted,
+    /// The running greenlet.
+    Running,
+    /// Paused in its own switch, waiting for a switch back (not in the resume chain).
+    Suspended,
+    /// Paused while a greenlet it resumed runs (in the resume chain).
+    Resuming,
+    /// Finished: returned, failed, panicked or was killed.
+    Dead,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct Inner {
+    id: u64,
+    is_main: bool,
+    name: Option<Box<str>>,
+    spawned_at: Option<&'static Location<'static>>,
+    stack_size: usize,
+    parent: RefCell<Option<Greenlet>>,
+    state: Cell<State>,
+    co: RefCell<Option<Co>>,
+    yielder: Cell<*const Yielder<Msg, Msg>>,
+    forced_unwind: Cell<bool>,
+}
+
+impl Inner {
+    /// The nearest ancestor that is not dead (the main greenlet never is).
+    fn live_parent(&self) -> Greenlet {
+        let mut p = self
+            .parent
+            .borrow()
+            .clone()
+            .expect("only the main greenlet has no parent");
+        while p.inner.state.get() == State::Dead {
+            let next = p
+                .inner
+                .parent
+                .borrow()
+                .clone()
+                .expect("the main greenlet never dies");
+            p = next;
+        }
+        p
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Some(co) = self.co.get_mut().take() else {
+            return;
+        };
+        if co.started() && !co.done() {
+            // Only reachable when the thread is being torn down (see `kill_on_drop`):
+            // nothing may run any more, so the stack is leaked, not unwound.
+            std::mem::forget(co);
+        } else {
+            switch::recycle(co); // never started: drops the closure, keeps the stack
+        }
+    }
+}
+
+/// A handle to a greenlet. Cloning it makes another handle to the same greenlet.
+///
+/// Dropping the last handle of a started, unfinished greenlet kills it: its stack unwinds
+/// (every destructor on it runs) and returns to the pool, as Python raises `GreenletExit`
+/// in a greenlet that is garbage-collected. The running greenlet and the parents of live
+/// greenlets are always referenced, so they are never killed this way.
+pub struct Greenlet {
+    pub(crate) inner: Rc<Inner>,
+}
+
+impl Greenlet {
+    /// A greenlet that will run `f` with the value of the first switch into it. Its parent
+    /// is the running greenlet.
+    ///
+    /// `f`'s `Ok` value is switched into the parent when it returns; its `Err` is raised
+    /// there (the parent's `switch` returns it).
+    ///
+    /// # Panics
+    /// If no stack can be mapped (out of memory).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let g = greenhub::Greenlet::new(|v| Ok(v.downcast::<i32>().unwrap() * 2));
+    /// assert_eq!(g.switch(21).unwrap().downcast::<i32>().unwrap(), 42);
+    /// ```
+    #[track_caller]
+    pub fn new<F, T>(f: F) -> Greenlet
+    where
+        F: FnOnce(Value) -> Result<T, Error> + 'static,
+        T: Any,
+    {
+        Builder::new().build(f)
+    }
+
+    /// Like [`Greenlet::new`] with `parent` as the parent.
+    ///
+    /// ```
+    /// use greenhub::{Greenlet, getcurrent};
+    /// let p = Greenlet::new(|v| Ok(v)); // started by its child's result
+    /// let c = Greenlet::with_parent(&p, |_| Ok("from child"));
+    /// let out = c.switch(()).unwrap(); // c dies, p starts with "from child" and returns it
+    /// assert_eq!(out.downcast::<&str>().unwrap(), "from child");
+    /// assert!(p.is_dead() && c.is_dead());
+    /// # let _ = getcurrent();
+    /// ```
+    #[track_caller]
+    pub fn with_parent<F, T>(parent: &Greenlet, f: F) -> Greenlet
+    where
+        F: FnOnce(Value) -> Result<T, Error> + 'static,
+        T: Any,
+    {
+        Builder::new().parent(parent).build(f)
+    }
+
+    /// A builder to set the name, stack size or parent.
+    ///
+    /// ```
+    /// let g = greenhub::Greenlet::builder().name("worker").stack_size(64 * 1024).build(|_| Ok(()));
+    /// assert_eq!(g.name(), Some("worker"));
+    /// ```
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    fn new_main() -> Greenlet {
+        Greenlet {
+            inner: Rc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                is_main: true,
+                name: Some("main".into()),
+                spawned_at: None,
+                stack_size: 0,
+                parent: RefCell::new(None),
+                state: Cell::new(State::Running),
+                co: RefCell::new(None),
+                yielder: Cell::new(std::ptr::null()),
+                forced_unwind: Cell::new(false),
+            }),
+        }
+    }
+
+    /// Suspends the running greenlet and runs this one, passing `value`.
+    ///
+    /// The first switch calls the greenlet's function with `value`; later switches make its
+    /// pending `switch` return `Ok(value)`. This call returns when some greenlet switches
+    /// back to the caller (or a greenlet whose parent is the caller finishes), with what it
+    /// passed. Switching to the running greenlet returns `value` at once.
+    ///
+    /// # Errors
+    /// - [`Error::DeadGreenlet`] if the greenlet has finished (nothing else happens);
+    /// - any error thrown into the caller while it was suspended (see [`Greenlet::throw`]),
+    ///   including the `Err` a child of the caller finished with.
+    ///
+    /// # Panics
+    /// A panic in a child greenlet is resumed here, in its parent, at the switch point;
+    /// `catch_unwind` around the switch catches it.
+    ///
+    /// ```
+    /// use greenhub::{Greenlet, getcurrent};
+    /// let main = getcurrent();
+    /// let g = Greenlet::new(move |v| {
+    ///     let n = v.downcast::<u32>().unwrap();
+    ///     let back = main.switch(n + 1)?; // to main, and wait
+    ///     Ok(back.downcast::<u32>().unwrap() + 1)
+    /// });
+    /// assert_eq!(g.switch(1_u32).unwrap().downcast::<u32>().unwrap(), 2);
+    /// assert_eq!(g.switch(10_u32).unwrap().downcast::<u32>().unwrap(), 11);
+    /// assert!(g.is_dead());
+    /// ```
+    #[inline]
+    pub fn switch<T: Any>(&self, value: T) -> Result<Value, Error> {
+        self.send(TraceEvent::Switch, Payload::Value(Value::new(value)))
+    }
+
+    /// Raises `error` in this greenlet at its switch point: its pending `switch` returns
+    /// `Err(error)`. Like `switch`, the caller is suspended until something switches back.
+    ///
+    /// Thrown into an unstarted greenlet, the error kills it before it runs and goes to its
+    /// parent. Thrown at the running greenlet, it is returned at once.
+    ///
+    /// # Errors
+    /// [`Error::DeadGreenlet`] if the greenlet has finished (nothing else happens); otherwise
+    /// what is switched back, as for [`switch`](Greenlet::switch).
+    ///
+    /// ```
+    /// use greenhub::{Error, Greenlet, getcurrent};
+    /// let main = getcurrent();
+    /// let g = Greenlet::new(move |_| {
+    ///     match main.switch(()) {
+    ///         Err(e) => Ok(format!("caught: {e}")),
+    ///         Ok(_) => Ok("no error".to_string()),
+    ///     }
+    /// });
+    /// g.switch(()).unwrap();
+    /// let out = g.throw(Error::custom("boom")).unwrap();
+    /// assert_eq!(out.downcast::<String>().unwrap(), "caught: boom");
+    /// ```
+    pub fn throw(&self, error: Error) -> Result<Value, Error> {
+        self.send(TraceEvent::Throw, Payload::Throw(Box::new(error)))
+    }
+
+    /// Kills this greenlet: it unwinds from its switch point (every destructor on its stack
+    /// runs) and its death (`Err(Error::Killed)`) goes to its parent, like Python's
+    /// `g.throw()` with `GreenletExit`. An unstarted greenlet dies without running. The main
+    /// greenlet cannot be killed: it gets `Err(Error::Killed)` at its switch point instead.
+    ///
+    /// # Errors
+    /// As [`throw`](Greenlet::throw).
+    pub fn kill(&self) -> Result<Value, Error> {
+        self.send(TraceEvent::Throw, Payload::Kill)
+    }
+
+    fn send(&self, event: TraceEvent, payload: Payload) -> Result<Value, Error> {
+        let me = switch::current_ptr();
+        // SAFETY: the running greenlet is alive while its own code runs (switch.rs, CURRENT).
+        let me_ref: &Inner = unsafe { &*me };
+        if std::ptr::eq(me, Rc::as_ptr(&self.inner)) {
+            return switch::deliver(payload, me_ref);
+        }
+        if self.inner.state.get() == State::Dead {
+            return Err(Error::DeadGreenlet { id: self.inner.id });
+        }
+        let reply = switch::transfer(Msg {
+            origin: switch::traced_origin(),
+            target: self.clone(),
+            event,
+            payload,
+        });
+        switch::deliver(reply, me_ref)
+    }
+
+    /// This greenlet's parent: where its result goes when it finishes. `None` for the
+    /// main greenlet.
+    pub fn parent(&self) -> Option<Greenlet> {
+        self.inner.parent.borrow().clone()
+    }
+
+    /// Makes `parent` this greenlet's parent.
+    ///
+    /// # Errors
+    /// [`Error::CyclicParent`] if this greenlet is `parent` or one of its ancestors;
+    /// [`Error::MainGreenletParent`] for the main greenlet.
+    ///
+    /// ```
+    /// use greenhub::{Error, Greenlet};
+    /// let a = Greenlet::new(|_| Ok(()));
+    /// let b = Greenlet::with_parent(&a, |_| Ok(()));
+    /// assert!(matches!(a.set_parent(&b), Err(Error::CyclicParent { .. })));
+    /// ```
+    pub fn set_parent(&self, parent: &Greenlet) -> Result<(), Error> {
+        if self.inner.is_main {
+            return Err(Error::MainGreenletParent);
+        }
+        let mut ancestor = Some(parent.clone());
+        while let Some(a) = ancestor {
+            if a == *self {
+                return Err(Error::CyclicParent {
+                    id: self.id(),
+                    parent: parent.id(),
+                });
+            }
+            ancestor = a.parent();
+        }
+        *self.inner.parent.borrow_mut() = Some(parent.clone());
+        Ok(())
+    }
+
+    /// A number unique to this greenlet in the process (the main greenlet has one too).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The name given by the [`Builder`]; the main greenlet is called `"main"`.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// Where the greenlet was created (`None` for the main greenlet).
+    pub fn spawned_at(&self) -> Option<&'static Location<'static>> {
+        self.inner.spawned_at
+    }
+
+    /// The usable size of the greenlet's stack in bytes (0 for the main greenlet).
+    pub fn stack_size(&self) -> usize {
+        self.inner.stack_size
+    }
+
+    /// Has it been switched into? (The main greenlet always has.)
+    pub fn is_started(&self) -> bool {
+        self.inner.state.get() != State::Unstarted
+    }
+
+    /// Has it finished (returned, failed, panicked, been killed or been thrown into before
+    /// starting)? The main greenlet never is.
+    pub fn is_dead(&self) -> bool {
+        self.inner.state.get() == State::Dead
+    }
+
+    /// Started and not dead (Python's `bool(g)`).
+    pub fn is_active(&self) -> bool {
+        !matches!(self.inner.state.get(), State::Unstarted | State::Dead)
+    }
+
+    /// Is this the thread's main greenlet?
+    pub fn is_main(&self) -> bool {
+        self.inner.is_main
+    }
+}
+
+impl Clone for Greenlet {
+    #[inline]
+    fn clone(&self) -> Self {
+        Greenlet {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Greenlet {
+    #[inline]
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.inner) == 1 && self.inner.state.get() == State::Suspended {
+            switch::kill_on_drop(self);
+        }
+    }
+}
+
+impl PartialEq for Greenlet {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Greenlet {}
+
+impl Hash for Greenlet {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.id.hash(state);
+    }
+}
+
+impl fmt::Debug for Greenlet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Greenlet")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .field("state", &self.inner.state.get())
+            .finish()
+    }
+}
+
+/// The running greenlet (the main greenlet when called outside any greenlet).
+///
+/// ```
+/// let main = greenhub::getcurrent();
+/// assert!(main.is_main() && main.parent().is_none());
+/// let g = greenhub::Greenlet::new(|_| Ok(greenhub::getcurrent().id()));
+/// let id = g.switch(()).unwrap().downcast::<u64>().unwrap();
+/// assert_eq!(id, g.id());
+/// ```
+pub fn getcurrent() -> Greenlet {
+    switch::current()
+}
+
+/// Sets the stack size used by greenlets created on this thread without an explicit one.
+/// Rounded up to whole pages and at least [`MIN_STACK_SIZE`]. The default is
+/// [`DEFAULT_STACK_SIZE`] (256 KiB: room for ordinary Rust code in debug builds; stacks
+/// are reserved, not committed, so only the pages a greenlet touches cost memory).
+pub fn set_default_stack_size(bytes: usize) {
+    switch::with_thread(|t| t.default_stack_size.set(bytes.max(MIN_STACK_SIZE)));
+}
+
+/// Configures a greenlet before creating it: name, stack size, parent.
+#[derive(Default)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+    parent: Option<Greenlet>,
+}
+
+impl Builder {
+    /// A builder with no name, the thread's default stack size, and the running greenlet
+    /// as the parent.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the greenlet (shown in reports and `Debug`).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The usable stack size in bytes (rounded up to pages, at least [`MIN_STACK_SIZE`]).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// The parent (default: the running greenlet).
+    pub fn parent(mut self, parent: &Greenlet) -> Builder {
+        self.parent = Some(parent.clone());
+        self
+    }
+
+    /// Creates the greenlet; see [`Greenlet::new`].
+    ///
+    /// # Panics
+    /// If no stack can be mapped (out of memory).
+    #[track_caller]
+    pub fn build<F, T>(self, f: F) -> Greenlet
+    where
+        F: FnOnce(Value) -> Result<T, Error> + 'static,
+        T: Any,
+    {
+        let spawned_at = Location::caller();
+        let parent = self.parent.unwrap_or_else(switch::current);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut stack = switch::with_thread(|t| {
+            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
+            t.pool.borrow_mut().get(size)
+        })
+        .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
+        let name = self.name.map(String::into_boxed_str);
+        stack.set_owner(id, name.as_deref().unwrap_or(""));
+        let stack_size = stack.usable_size();
+        let co = switch::new_coroutine(stack, move |v| f(v).map(Value::new));
+        Greenlet {
+            inner: Rc::new(Inner {
+                id,
+                is_main: false,
+                name,
+                spawned_at: Some(spawned_at),
+                stack_size,
+                parent: RefCell::new(Some(parent)),
+                state: Cell::new(State::Unstarted),
+                co: RefCell::new(Some(co)),
+                yielder: Cell::new(std::ptr::null()),
+                forced_unwind: Cell::new(false),
+            }),
+        }
+    }
+}
