@@ -42,6 +42,8 @@ pub enum Error {
     Panicked(Box<dyn Any + Send + 'static>),
     /// A deadline passed before the operation completed.
     Timeout,
+    /// The other side is gone: a closed queue, or a result sender dropped without sending.
+    Closed,
     /// The wait can never end: nothing else can run or wake this greenlet
     /// (gevent's `LoopExit: This operation would block forever`).
     BlockForever,
@@ -90,6 +92,7 @@ impl fmt::Display for Error {
                 None => f.write_str("greenlet panicked"),
             },
             Error::Timeout => f.write_str("operation timed out"),
+            Error::Closed => f.write_str("the channel is closed"),
             Error::BlockForever => f.write_str(
                 "this operation would block forever: no other greenlet, timer, I/O or thread can wake it",
             ),

@@ -1,24 +1,39 @@
 //! # greenhub
 //!
 //! Python's greenlet and gevent for Rust: stackful coroutines ("greenlets") that switch
-//! explicitly.
+//! explicitly, and a hub per thread that runs a `mio` event loop so that blocking calls
+//! park the greenlet instead of the thread.
 //!
 //! ```
-//! use greenhub::{Greenlet, getcurrent};
+//! use std::time::Duration;
+//! use greenhub::{Greenlet, getcurrent, joinall, sleep, spawn};
 //!
+//! // greenlet: explicit switching.
 //! let g = Greenlet::new(|v| {
 //!     println!("got {}", v.downcast::<&str>().unwrap());
 //!     Ok(())
 //! });
 //! g.switch("hello").unwrap();
-//! assert!(g.is_dead());
-//! assert!(getcurrent().is_main());
+//! assert!(g.is_dead() && getcurrent().is_main());
+//!
+//! // gevent: spawn, cooperative sleep, joinall with a timeout.
+//! let jobs: Vec<_> = (0..3).map(|i| spawn(move || { sleep(Duration::from_millis(5)); i })).collect();
+//! assert_eq!(joinall(&jobs, Some(Duration::from_secs(2))), 3);
 //! ```
+//!
+//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`hub`] <-
+//! [`time`], [`threadpool`].
 
 mod error;
 pub mod greenlet;
+pub mod hub;
+pub mod threadpool;
+pub mod time;
 
 pub use error::Error;
 pub use greenlet::{
     Builder, Greenlet, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
 };
+pub use hub::{HubHandle, JoinHandle, joinall, killall, spawn, spawn_later};
+pub use threadpool::{ThreadPool, spawn_blocking};
+pub use time::{Timeout, sleep, with_timeout};

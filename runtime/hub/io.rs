@@ -1,0 +1,185 @@
+//! I/O readiness: the table of registered fds and the greenlets waiting on them.
+//!
+//! mio is edge-triggered, so each registration remembers the readiness it has seen;
+//! an operation that gets `WouldBlock` clears it (`clear_ready`) and then waits
+//! (`wait_io`). With one thread per hub there is no race between the two.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::time::Instant;
+
+use slab::Slab;
+
+use super::{Hub, Waiter, Wake};
+
+/// Which way a greenlet waits on an fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Waiting to read (or accept).
+    Read,
+    /// Waiting to write (or for a connect to finish).
+    Write,
+}
+
+#[derive(Default)]
+struct Slot {
+    readable: bool,
+    writable: bool,
+    reader: Option<Waiter>,
+    writer: Option<Waiter>,
+}
+
+#[derive(Default)]
+pub(crate) struct IoTable {
+    slots: RefCell<Slab<Slot>>,
+    waiting: Cell<usize>,
+}
+
+impl IoTable {
+    /// How many greenlets are parked on I/O.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.get()
+    }
+
+    pub(crate) fn dispatch(&self, event: &mio::event::Event) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(event.token().0) else {
+            return; // deregistered meanwhile
+        };
+        let closed = event.is_error() || event.is_read_closed() || event.is_write_closed();
+        if event.is_readable() || closed {
+            slot.readable = true;
+            if let Some(w) = slot.reader.take() {
+                w.wake(Wake::Io);
+            }
+        }
+        if event.is_writable() || closed {
+            slot.writable = true;
+            if let Some(w) = slot.writer.take() {
+                w.wake(Wake::Io);
+            }
+        }
+    }
+}
+
+#[allow(dead_code)] // the net layer (issue 5) is their user
+impl Hub {
+    /// Registers `source` for read and write readiness; returns its token.
+    pub(crate) fn register_io(&self, source: &mut impl mio::event::Source) -> io::Result<usize> {
+        let token = self.io.slots.borrow_mut().insert(Slot::default());
+        let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+        if let Err(e) = self
+            .poll
+            .borrow()
+            .registry()
+            .register(source, mio::Token(token), interest)
+        {
+            self.io.slots.borrow_mut().remove(token);
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// Deregisters `source`; a greenlet still waiting on it is woken (its retry then fails).
+    pub(crate) fn deregister_io(&self, source: &mut impl mio::event::Source, token: usize) {
+        let _ = self.poll.borrow().registry().deregister(source);
+        let slot = self.io.slots.borrow_mut().try_remove(token);
+        if let Some(slot) = slot {
+            for w in [slot.reader, slot.writer].into_iter().flatten() {
+                w.wake(Wake::Io);
+            }
+        }
+    }
+
+    /// Forgets the readiness seen in `direction` (call after an operation got `WouldBlock`).
+    pub(crate) fn clear_ready(&self, token: usize, direction: Direction) {
+        if let Some(slot) = self.io.slots.borrow_mut().get_mut(token) {
+            match direction {
+                Direction::Read => slot.readable = false,
+                Direction::Write => slot.writable = false,
+            }
+        }
+    }
+
+    /// Waits until `token` is ready in `direction`, or `deadline` passes.
+    ///
+    /// # Errors
+    /// `TimedOut` at the deadline or when a `Timeout` scope expires; `Other` when another
+    /// greenlet already waits in the same direction on this fd (gevent's
+    /// `ConcurrentObjectUseError`) or the wait can never end.
+    pub(crate) fn wait_io(
+        &self,
+        token: usize,
+        direction: Direction,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
+        let waiter = {
+            let mut slots = self.io.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(token) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the socket was closed",
+                ));
+            };
+            let (ready, place) = match direction {
+                Direction::Read => (slot.readable, &mut slot.reader),
+                Direction::Write => (slot.writable, &mut slot.writer),
+            };
+            if ready {
+                return Ok(());
+            }
+            if place.as_ref().is_some_and(Waiter::is_waiting) {
+                return Err(io::Error::other(format!(
+                    "another greenlet is already waiting to {} on this socket",
+                    match direction {
+                        Direction::Read => "read",
+                        Direction::Write => "write",
+                    }
+                )));
+            }
+            let waiter = self.begin_wait();
+            *place = Some(waiter.clone());
+            waiter
+        };
+        self.io.waiting.set(self.io.waiting.get() + 1);
+        // Clears our place (and the count) however the wait ends, unwinding included.
+        let _cleanup = IoWaitCleanup {
+            hub: self,
+            token,
+            direction,
+            seq: waiter.seq,
+        };
+        match self.park(&waiter, deadline) {
+            Ok(Wake::Timer) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out waiting for the socket",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[allow(dead_code)]
+struct IoWaitCleanup<'a> {
+    hub: &'a Hub,
+    token: usize,
+    direction: Direction,
+    seq: u64,
+}
+
+impl Drop for IoWaitCleanup<'_> {
+    fn drop(&mut self) {
+        let io = &self.hub.io;
+        io.waiting.set(io.waiting.get() - 1);
+        if let Some(slot) = io.slots.borrow_mut().get_mut(self.token) {
+            let place = match self.direction {
+                Direction::Read => &mut slot.reader,
+                Direction::Write => &mut slot.writer,
+            };
+            if place.as_ref().is_some_and(|w| w.seq == self.seq) {
+                *place = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The hub: one per OS thread, a greenlet that runs the event loop (gevent's `Hub`).
+//!
+//! Greenlets that block — sleep, wait for I/O, join, wait on a queue — park themselves
+//! here: they register what should wake them, then switch to the hub greenlet. The hub
+//! runs the ready greenlets, polls `mio` for I/O readiness, fires timers and takes work
+//! posted from other threads, and switches back into each greenlet when its wait ends.
+//! The hub is created on first use; its parent is the thread's main greenlet, so plain
+//! `fn main` code can block on it with no set-up (law 3).
+//!
+//! ```
+//! use std::time::Duration;
+//! let h = greenhub::spawn(|| {
+//!     greenhub::sleep(Duration::from_millis(10));
+//!     "slept"
+//! });
+//! assert_eq!(h.join().unwrap(), "slept");
+//! ```
+
+mod io;
+mod remote;
+mod spawn;
+mod task;
+mod timer;
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::greenlet::{Greenlet, GreenletExit, getcurrent};
+
+pub use io::Direction;
+pub use remote::{HubHandle, ResultReceiver, ResultSender, result_channel};
+pub use spawn::{Builder, JoinHandle, joinall, killall, spawn, spawn_later};
+pub(crate) use task::{Scope, Task, Waiter, Wake};
+use timer::Timers;
+
+/// The mio token of the cross-thread waker.
+const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
+
+/// One thread's hub.
+pub(crate) struct Hub {
+    greenlet: Greenlet,
+    main: Greenlet,
+    ready: RefCell<VecDeque<Rc<Task>>>,
+    timers: RefCell<Timers<Waiter>>,
+    poll: RefCell<mio::Poll>,
+    events: RefCell<mio::Events>,
+    io: io::IoTable,
+    remote: Arc<remote::Remote>,
+    external: remote::ExternalWaits,
+    /// The spawned task the hub last switched into.
+    running: RefCell<Option<Rc<Task>>>,
+    /// Tasks for greenlets the hub did not spawn (the main greenlet, plain greenlets).
+    others: RefCell<HashMap<u64, Rc<Task>>>,
+    next_seq: Cell<u64>,
+}
+
+thread_local! {
+    static HUB: OnceCell<Rc<Hub>> = const { OnceCell::new() };
+}
+
+/// Runs `f` with this thread's hub, creating it on first use.
+pub(crate) fn with_hub<R>(f: impl FnOnce(&Rc<Hub>) -> R) -> R {
+    HUB.with(|cell| f(cell.get_or_init(Hub::new)))
+}
+
+/// This thread's hub.
+pub(crate) fn current_hub() -> Rc<Hub> {
+    with_hub(Rc::clone)
+}
+
+/// The thread's main greenlet: the root of the parent chain of any greenlet.
+fn main_greenlet() -> Greenlet {
+    let mut g = getcurrent();
+    while let Some(p) = g.parent() {
+        g = p;
+    }
+    g
+}
+
+impl Hub {
+    fn new() -> Rc<Hub> {
+        raise_nofile_limit();
+        let poll = mio::Poll::new().expect("greenhub: cannot create the mio poller (epoll)");
+        let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)
+            .expect("greenhub: cannot create the cross-thread waker (eventfd)");
+        let main = main_greenlet();
+        let greenlet = Greenlet::builder()
+            .name("hub")
+            .parent(&main)
+            .build(|_| -> Result<(), Error> { current_hub().run() });
+        Rc::new(Hub {
+            greenlet,
+            main,
+            ready: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(Timers::new()),
+            poll: RefCell::new(poll),
+            events: RefCell::new(mio::Events::with_capacity(1024)),
+            io: io::IoTable::default(),
+            remote: Arc::new(remote::Remote::new(waker)),
+            external: remote::ExternalWaits::default(),
+            running: RefCell::new(None),
+            others: RefCell::new(HashMap::new()),
+            next_seq: Cell::new(1),
+        })
+    }
+
+    /// The hub's own greenlet.
+    pub(crate) fn greenlet(&self) -> &Greenlet {
+        &self.greenlet
+    }
+
+    /// The task of the running greenlet.
+    pub(crate) fn current_task(&self) -> Rc<Task> {
+        let me = getcurrent();
+        if let Some(t) = self.running.borrow().as_ref()
+            && t.greenlet == me
+        {
+            return t.clone();
+        }
+        assert!(
+            me != self.greenlet,
+            "greenhub: the hub greenlet cannot block"
+        );
+        let mut others = self.others.borrow_mut();
+        if others.len() > 64 {
+            others.retain(|_, t| !t.greenlet.is_dead());
+        }
+        others
+            .entry(me.id())
+            .or_insert_with(|| Rc::new(Task::new(me)))
+            .clone()
+    }
+
+    /// Starts a wait of the running greenlet and returns the waiter that ends it.
+    pub(crate) fn begin_wait(&self) -> Waiter {
+        let task = self.current_task();
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        task.waiting.set(seq);
+        Waiter { task, seq }
+    }
+
+    /// Puts a task at the back of the ready queue.
+    pub(crate) fn schedule(&self, task: Rc<Task>) {
+        self.ready.borrow_mut().push_back(task);
+    }
+
+    /// Parks the running greenlet until `waiter` is woken or `deadline` (the operation's
+    /// own) passes, whichever is first; open `Timeout` scopes cut it short too.
+    ///
+    /// Returns why it woke: `Ok(Wake::Timer)` when the operation's own deadline passed.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when a `Timeout` scope's deadline passed (before or during the
+    /// wait), [`Error::BlockForever`] when nothing can ever wake it.
+    ///
+    /// # Panics
+    /// Unwinds with [`GreenletExit`] when the greenlet is killed.
+    pub(crate) fn park(&self, waiter: &Waiter, deadline: Option<Instant>) -> Result<Wake, Error> {
+        let task = &waiter.task;
+        if let Err(e) = self.check_interrupts(task) {
+            task.waiting.set(0);
+            return Err(e);
+        }
+        let scope = task.scope_deadline();
+        let timer_at = match (deadline, scope) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        };
+        let timer = timer_at.map(|at| self.timers.borrow_mut().insert(at, waiter.clone()));
+        // Switch to the hub at least once: a waiter woken before parking (`sleep(0)`) is
+        // already in the ready queue, and the hub will switch back when its turn comes.
+        // Switched back while still waiting is spurious (a plain `switch` into us): park again.
+        loop {
+            if let Err(e) = self.greenlet.switch(()) {
+                // Thrown at us by a plain switch: the wait ends with that error.
+                task.waiting.set(0);
+                if let Some(t) = timer {
+                    self.timers.borrow_mut().cancel(t);
+                }
+                return Err(e);
+            }
+            if !waiter.is_waiting() {
+                break;
+            }
+        }
+        if let Some(t) = timer {
+            self.timers.borrow_mut().cancel(t);
+        }
+        match task.wake.get() {
+            Wake::Kill => {
+                self.check_interrupts(task)?;
+                Err(Error::Killed)
+            }
+            Wake::BlockForever => Err(Error::BlockForever),
+            Wake::Timer if scope.is_some_and(|s| deadline.is_none_or(|d| s <= d)) => {
+                // The timer was a `Timeout` scope's, not the operation's own.
+                task.fire_scopes(Instant::now());
+                Err(Error::Timeout)
+            }
+            other => self.check_interrupts(task).map(|()| other),
+        }
+    }
+
+    /// Delivers a pending kill (by unwinding) or an expired `Timeout` scope (as an error).
+    fn check_interrupts(&self, task: &Task) -> Result<(), Error> {
+        if task.kill_pending.get() && !std::thread::panicking() && !task.greenlet.is_main() {
+            task.kill_pending.set(false);
+            task.waiting.set(0);
+            std::panic::resume_unwind(Box::new(GreenletExit));
+        }
+        if let Some(s) = task.scope_deadline() {
+            let now = Instant::now();
+            if s <= now {
+                task.fire_scopes(now);
+                return Err(Error::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests a kill of `task`: delivered now if it is parked, else at its next wait.
+    pub(crate) fn request_kill(&self, task: &Rc<Task>) {
+        task.kill_pending.set(true);
+        let seq = task.waiting.get();
+        if seq != 0 {
+            Waiter {
+                task: task.clone(),
+                seq,
+            }
+            .wake(Wake::Kill);
+        }
+    }
+
+    /// The event loop; runs on the hub greenlet forever.
+    fn run(&self) -> ! {
+        loop {
+            self.run_ready();
+            self.remote.drain(self);
+            let timeout = if !self.ready.borrow().is_empty() {
+                Some(Duration::ZERO)
+            } else if let Some(at) = self.timers.borrow_mut().next_deadline() {
+                Some(at.saturating_duration_since(Instant::now()))
+            } else if self.io.waiting() == 0 && self.external.is_empty() && self.remote.is_empty() {
+                self.block_forever();
+                continue;
+            } else {
+                None
+            };
+            self.poll_io(timeout);
+            self.fire_timers();
+        }
+    }
+
+    /// Runs each greenlet that is ready now once (those made ready meanwhile wait for the
+    /// next round, after I/O has been polled).
+    fn run_ready(&self) {
+        let n = self.ready.borrow().len();
+        for _ in 0..n {
+            let Some(task) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
+            if task.greenlet.is_dead() {
+                continue;
+            }
+            *self.running.borrow_mut() = Some(task.clone());
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
+            *self.running.borrow_mut() = None;
+            if let Err(payload) = outcome {
+                // A plain greenlet whose parent is the hub panicked (spawned ones report
+                // their own panics): report it and carry on.
+                let msg = crate::error::panic_payload_str(payload.as_ref())
+                    .unwrap_or("<non-string payload>");
+                eprintln!(
+                    "greenhub: greenlet #{} failed in the hub: {msg}",
+                    task.greenlet.id()
+                );
+            }
+        }
+    }
+
+    fn poll_io(&self, timeout: Option<Duration>) {
+        let mut events = self.events.borrow_mut();
+        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout)
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            panic!("greenhub: epoll_wait failed: {e}");
+        }
+        for event in events.iter() {
+            if event.token() == WAKER_TOKEN {
+                continue; // the remote queue is drained every round
+            }
+            self.io.dispatch(event);
+        }
+    }
+
+    fn fire_timers(&self) {
+        let now = Instant::now();
+        loop {
+            let Some(waiter) = self.timers.borrow_mut().pop_expired(now) else {
+                break;
+            };
+            waiter.wake(Wake::Timer);
+        }
+    }
+
+    /// Nothing can wake anyone: tell the main greenlet, if it waits, that it never will.
+    fn block_forever(&self) {
+        let main_task = self.others.borrow().get(&self.main.id()).cloned();
+        match main_task {
+            Some(t) if t.waiting.get() != 0 => {
+                let seq = t.waiting.get();
+                Waiter { task: t, seq }.wake(Wake::BlockForever);
+            }
+            _ => {
+                // Nobody waits on the hub (it was switched to directly): go back to main.
+                let _ = self.main.switch(());
+            }
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, once per process (as Go does):
+/// a server with many connections should not stop at the customary soft limit of 1024.
+fn raise_nofile_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
+}
+
+/// Parks the running greenlet until `deadline`; returns early with [`Error::Timeout`] when
+/// an open `Timeout` scope expires first.
+pub(crate) fn sleep_until(deadline: Instant) -> Result<(), Error> {
+    let hub = current_hub();
+    let waiter = hub.begin_wait();
+    hub.park(&waiter, Some(deadline)).map(|_| ())
+}
+
+/// Lets every other ready greenlet run once, then returns (`sleep(0)`).
+pub(crate) fn yield_now() -> Result<(), Error> {
+    let hub = current_hub();
+    let waiter = hub.begin_wait();
+    waiter.wake(Wake::Ready);
+    hub.park(&waiter, None).map(|_| ())
+}
+
+/// A [`HubHandle`] for this thread's hub, to post work to it from other threads.
+///
+/// ```
+/// let handle = greenhub::hub::handle();
+/// let (tx, rx) = greenhub::hub::result_channel();
+/// std::thread::spawn(move || {
+///     handle.spawn(move || tx.send(std::thread::current().name().map(String::from)));
+/// });
+/// // The job ran on this thread's hub, in a greenlet.
+/// assert_eq!(rx.recv().unwrap(), std::thread::current().name().map(String::from));
+/// ```
+pub fn handle() -> HubHandle {
+    with_hub(|hub| HubHandle::new(hub.remote.clone()))
+}

@@ -1,0 +1,232 @@
+//! Cross-thread work: [`HubHandle`] posts jobs to a hub from any thread, and
+//! [`result_channel`] lets a greenlet wait cooperatively for a value another thread sends.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_queue::SegQueue;
+use slab::Slab;
+
+use super::{Hub, Waiter, Wake, current_hub, with_hub};
+use crate::error::Error;
+
+enum RemoteMsg {
+    /// Run this in a new greenlet on the hub.
+    Spawn(Box<dyn FnOnce() + Send>),
+    /// The external wait with this key has its value (or lost its sender).
+    Complete(usize),
+}
+
+/// The hub's inbox from other threads: a lock-free queue plus a `mio::Waker`.
+pub(crate) struct Remote {
+    queue: SegQueue<RemoteMsg>,
+    waker: mio::Waker,
+    /// Set by the first post after a drain, so a burst costs one wake-up syscall.
+    notified: AtomicBool,
+}
+
+impl Remote {
+    pub(crate) fn new(waker: mio::Waker) -> Remote {
+        Remote {
+            queue: SegQueue::new(),
+            waker,
+            notified: AtomicBool::new(false),
+        }
+    }
+
+    fn post(&self, msg: RemoteMsg) {
+        self.queue.push(msg);
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            // A failed wake means the hub's poller is gone with its thread: nothing to do.
+            let _ = self.waker.wake();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Takes everything posted so far (runs on the hub greenlet).
+    pub(crate) fn drain(&self, hub: &Hub) {
+        self.notified.store(false, Ordering::Release);
+        while let Some(msg) = self.queue.pop() {
+            match msg {
+                RemoteMsg::Spawn(job) => {
+                    super::spawn::Builder::new()
+                        .name("remote")
+                        .spawn_on(hub, job);
+                }
+                RemoteMsg::Complete(key) => hub.external.complete(key),
+            }
+        }
+    }
+}
+
+/// Greenlets waiting for values from other threads; each counts as pending work, so the
+/// hub does not declare "block forever" while one is outstanding.
+#[derive(Default)]
+pub(crate) struct ExternalWaits {
+    slots: RefCell<Slab<Option<Waiter>>>,
+}
+
+impl ExternalWaits {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.borrow().is_empty()
+    }
+
+    fn complete(&self, key: usize) {
+        let waiter = self.slots.borrow_mut().get_mut(key).and_then(Option::take);
+        if let Some(w) = waiter {
+            w.wake(Wake::Ready);
+        }
+    }
+}
+
+/// A `Send + Sync + Clone` handle to one thread's hub, to post work to it from any thread.
+///
+/// Get one with [`greenhub::hub::handle()`](crate::hub::handle) on the hub's thread.
+#[derive(Clone)]
+pub struct HubHandle {
+    remote: Arc<Remote>,
+}
+
+impl HubHandle {
+    pub(crate) fn new(remote: Arc<Remote>) -> HubHandle {
+        HubHandle { remote }
+    }
+
+    /// Runs `f` in a new greenlet on the hub's thread. Wakes the hub if it is waiting in
+    /// `epoll_wait`. Jobs posted from one thread start in the order they were posted.
+    pub fn spawn<F>(&self, f: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.remote.post(RemoteMsg::Spawn(Box::new(f)));
+    }
+}
+
+impl fmt::Debug for HubHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HubHandle")
+    }
+}
+
+enum SlotState<T> {
+    Empty,
+    Full(T),
+    Taken,
+    SenderGone,
+}
+
+struct Shared<T> {
+    state: Mutex<SlotState<T>>,
+    remote: Arc<Remote>,
+    key: usize,
+}
+
+/// The sending half of [`result_channel`]: `Send`, used once, from any thread.
+pub struct ResultSender<T> {
+    shared: Option<Arc<Shared<T>>>,
+}
+
+/// The receiving half of [`result_channel`]: stays on the hub's thread.
+pub struct ResultReceiver<T> {
+    shared: Arc<Shared<T>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// A one-shot channel from any thread to a greenlet: the greenlet's [`recv`](ResultReceiver::recv)
+/// waits cooperatively (other greenlets run) until [`send`](ResultSender::send) is called.
+///
+/// While a receiver is outstanding, its hub never reports "block forever".
+///
+/// ```
+/// let (tx, rx) = greenhub::hub::result_channel();
+/// std::thread::spawn(move || tx.send(6 * 7));
+/// assert_eq!(rx.recv().unwrap(), 42);
+/// ```
+pub fn result_channel<T: Send + 'static>() -> (ResultSender<T>, ResultReceiver<T>) {
+    let (remote, key) = with_hub(|hub| {
+        (
+            hub.remote.clone(),
+            hub.external.slots.borrow_mut().insert(None),
+        )
+    });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(SlotState::Empty),
+        remote,
+        key,
+    });
+    (
+        ResultSender {
+            shared: Some(shared.clone()),
+        },
+        ResultReceiver {
+            shared,
+            _not_send: PhantomData,
+        },
+    )
+}
+
+impl<T> ResultSender<T> {
+    /// Sends the value and wakes the receiving greenlet.
+    pub fn send(mut self, value: T) {
+        if let Some(shared) = self.shared.take() {
+            *shared.state.lock().unwrap_or_else(|e| e.into_inner()) = SlotState::Full(value);
+            shared.remote.post(RemoteMsg::Complete(shared.key));
+        }
+    }
+}
+
+impl<T> Drop for ResultSender<T> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            *shared.state.lock().unwrap_or_else(|e| e.into_inner()) = SlotState::SenderGone;
+            shared.remote.post(RemoteMsg::Complete(shared.key));
+        }
+    }
+}
+
+impl<T> ResultReceiver<T> {
+    /// Waits cooperatively for the value.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the sender was dropped without sending; [`Error::Timeout`] if a
+    /// `Timeout` scope expires first (the value can still be received later).
+    pub fn recv(&self) -> Result<T, Error> {
+        let hub = current_hub();
+        loop {
+            {
+                let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                match std::mem::replace(&mut *state, SlotState::Taken) {
+                    SlotState::Full(v) => return Ok(v),
+                    SlotState::SenderGone => {
+                        *state = SlotState::SenderGone;
+                        return Err(Error::Closed);
+                    }
+                    SlotState::Taken => return Err(Error::Closed),
+                    SlotState::Empty => *state = SlotState::Empty,
+                }
+            }
+            let waiter = hub.begin_wait();
+            if let Some(slot) = hub.external.slots.borrow_mut().get_mut(self.shared.key) {
+                *slot = Some(waiter.clone());
+            }
+            hub.park(&waiter, None)?;
+        }
+    }
+}
+
+impl<T> Drop for ResultReceiver<T> {
+    fn drop(&mut self) {
+        let key = self.shared.key;
+        let _ = super::HUB.try_with(|cell| {
+            if let Some(hub) = cell.get() {
+                hub.external.slots.borrow_mut().try_remove(key);
+            }
+        });
+    }
+}

@@ -1,0 +1,97 @@
+//! Tasks: the hub's record of a greenlet that blocks on it, and the waiters that wake it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::greenlet::Greenlet;
+
+/// Why a parked greenlet was woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Scheduled to run (spawned, `sleep(0)`, or an explicit wake-up by a sync primitive).
+    Ready,
+    /// Its timer fired.
+    Timer,
+    /// An I/O readiness event for the fd it waits on.
+    Io,
+    /// A kill was requested: unwind.
+    Kill,
+    /// Nothing else can ever wake it (main greenlet only).
+    BlockForever,
+}
+
+/// A `Timeout` scope on a task: its deadline, and whether it has cut a wait short.
+pub(crate) struct Scope {
+    pub(crate) id: u64,
+    pub(crate) deadline: Instant,
+    pub(crate) fired: Rc<Cell<bool>>,
+}
+
+/// The hub's view of one greenlet that blocks cooperatively.
+pub(crate) struct Task {
+    pub(crate) greenlet: Greenlet,
+    /// The sequence number of the wait in progress; 0 when not waiting.
+    pub(crate) waiting: Cell<u64>,
+    /// Why the last wait ended.
+    pub(crate) wake: Cell<Wake>,
+    /// A kill was requested and not yet delivered.
+    pub(crate) kill_pending: Cell<bool>,
+    /// Open `Timeout` scopes, innermost last.
+    pub(crate) scopes: RefCell<Vec<Scope>>,
+}
+
+impl Task {
+    pub(crate) fn new(greenlet: Greenlet) -> Task {
+        Task {
+            greenlet,
+            waiting: Cell::new(0),
+            wake: Cell::new(Wake::Ready),
+            kill_pending: Cell::new(false),
+            scopes: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The earliest deadline among the open `Timeout` scopes.
+    pub(crate) fn scope_deadline(&self) -> Option<Instant> {
+        self.scopes.borrow().iter().map(|s| s.deadline).min()
+    }
+
+    /// Marks every scope whose deadline is at or before `now` as fired.
+    pub(crate) fn fire_scopes(&self, now: Instant) {
+        for s in self.scopes.borrow().iter() {
+            if s.deadline <= now {
+                s.fired.set(true);
+            }
+        }
+    }
+}
+
+/// One wait of one task: waking it schedules the task, once, if that wait is still on.
+///
+/// Wait lists hold `Waiter`s; a waiter whose task has since been woken, killed or timed
+/// out is stale, and [`Waiter::wake`] on it returns `false` so the list can move on to the
+/// next (no lost wake-ups, no ghosts).
+#[derive(Clone)]
+pub(crate) struct Waiter {
+    pub(crate) task: Rc<Task>,
+    pub(crate) seq: u64,
+}
+
+impl Waiter {
+    /// Is the task still in this wait?
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.task.waiting.get() == self.seq
+    }
+
+    /// Wakes the task for `reason` if it is still in this wait; returns whether it was.
+    pub(crate) fn wake(&self, reason: Wake) -> bool {
+        if !self.is_waiting() {
+            return false;
+        }
+        self.task.waiting.set(0);
+        self.task.wake.set(reason);
+        super::with_hub(|hub| hub.schedule(self.task.clone()));
+        true
+    }
+}
