@@ -104,9 +104,9 @@ impl Hub {
     /// Waits until `token` is ready in `direction`, or `deadline` passes.
     ///
     /// # Errors
-    /// `TimedOut` at the deadline or when a `Timeout` scope expires; `Other` when another
-    /// greenlet already waits in the same direction on this fd (gevent's
-    /// `ConcurrentObjectUseError`) or the wait can never end.
+    /// `TimedOut` at the deadline or when a `Timeout` scope expires; `ResourceBusy` when
+    /// another greenlet already waits in the same direction on this fd (gevent's
+    /// `ConcurrentObjectUseError`); `Other` when the wait can never end.
     pub(crate) fn wait_io(
         &self,
         token: usize,
@@ -129,7 +129,7 @@ impl Hub {
                 return Ok(());
             }
             if place.as_ref().is_some_and(Waiter::is_waiting) {
-                return Err(io::Error::other(format!(
+                return Err(io::Error::new(io::ErrorKind::ResourceBusy, format!(
                     "another greenlet is already waiting to {} on this socket",
                     match direction {
                         Direction::Read => "read",
