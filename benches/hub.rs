@@ -19,13 +19,18 @@ fn best_ns(iters: u64, mut round: impl FnMut(u64) -> Duration) -> f64 {
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 fn greenhub_spawn_join(n: u64) -> f64 {
     best_ns(n, |n| {
         let t = Instant::now();
-        let hs: Vec<_> = (0..n).map(|i| greenhub::spawn(move || black_box(i))).collect();
+        let hs: Vec<_> = (0..n)
+            .map(|i| greenhub::spawn(move || black_box(i)))
+            .collect();
         for h in hs {
             black_box(h.join().unwrap());
         }
@@ -38,7 +43,9 @@ fn tokio_spawn_join(n: u64) -> f64 {
     best_ns(n, |n| {
         rt.block_on(async {
             let t = Instant::now();
-            let hs: Vec<_> = (0..n).map(|i| tokio::spawn(async move { black_box(i) })).collect();
+            let hs: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(async move { black_box(i) }))
+                .collect();
             for h in hs {
                 black_box(h.await.unwrap());
             }
@@ -129,7 +136,8 @@ fn greenhub_sleepers(n: usize) -> SleepersResult {
             greenhub::spawn(move || {
                 let deadline = Instant::now() + d;
                 greenhub::sleep(d);
-                late.borrow_mut().push(Instant::now().saturating_duration_since(deadline));
+                late.borrow_mut()
+                    .push(Instant::now().saturating_duration_since(deadline));
             })
         })
         .collect();
@@ -192,8 +200,14 @@ fn main() {
 
     println!("| figure | greenhub | tokio current_thread | ratio |");
     println!("|---|---:|---:|---:|");
-    println!("| spawn + run + join, per task | {g_spawn:.0} ns | {t_spawn:.0} ns | {:.2}x |", g_spawn / t_spawn);
-    println!("| sleep(0) / yield_now ping-pong, per yield | {g_yield:.0} ns | {t_yield:.0} ns | {:.2}x |", g_yield / t_yield);
+    println!(
+        "| spawn + run + join, per task | {g_spawn:.0} ns | {t_spawn:.0} ns | {:.2}x |",
+        g_spawn / t_spawn
+    );
+    println!(
+        "| sleep(0) / yield_now ping-pong, per yield | {g_yield:.0} ns | {t_yield:.0} ns | {:.2}x |",
+        g_yield / t_yield
+    );
     println!(
         "| {sleepers} sleepers 0-1 s: total | {:.2} s | {:.2} s | |",
         g_sleep.total_s, t_sleep.total_s
@@ -204,7 +218,12 @@ fn main() {
     );
     println!(
         "| timer lateness p50 / p99 / max | {:.0} / {:.0} / {:.0} us | {:.0} / {:.0} / {:.0} us | |",
-        g_sleep.late_us[0], g_sleep.late_us[1], g_sleep.late_us[2], t_sleep.late_us[0], t_sleep.late_us[1], t_sleep.late_us[2]
+        g_sleep.late_us[0],
+        g_sleep.late_us[1],
+        g_sleep.late_us[2],
+        t_sleep.late_us[0],
+        t_sleep.late_us[1],
+        t_sleep.late_us[2]
     );
 
     println!("BENCH hub_spawn_join_greenhub {g_spawn:.0} ns");
@@ -215,8 +234,14 @@ fn main() {
     println!("BENCH hub_yield_ratio {:.2} x", g_yield / t_yield);
     println!("BENCH hub_sleepers_total_greenhub {:.2} s", g_sleep.total_s);
     println!("BENCH hub_sleepers_total_tokio {:.2} s", t_sleep.total_s);
-    println!("BENCH hub_sleepers_rss_per_greenlet {:.2} KiB", g_sleep.rss_per_kib);
-    println!("BENCH hub_sleepers_rss_per_tokio_task {:.2} KiB", t_sleep.rss_per_kib);
+    println!(
+        "BENCH hub_sleepers_rss_per_greenlet {:.2} KiB",
+        g_sleep.rss_per_kib
+    );
+    println!(
+        "BENCH hub_sleepers_rss_per_tokio_task {:.2} KiB",
+        t_sleep.rss_per_kib
+    );
     println!("BENCH hub_timer_late_p50 {:.0} us", g_sleep.late_us[0]);
     println!("BENCH hub_timer_late_p99 {:.0} us", g_sleep.late_us[1]);
     println!("BENCH hub_timer_late_max {:.0} us", g_sleep.late_us[2]);

@@ -33,12 +33,26 @@ fn main() {
         })
         .collect();
     let finished = joinall(&jobs, Some(Duration::from_secs(2)));
-    println!("joinall returned after {:.1} s: {finished} of {} finished", t.elapsed().as_secs_f64(), jobs.len());
-    let unfinished: Vec<_> = jobs.iter().filter(|j| !j.is_finished()).map(|j| j.id()).collect();
+    println!(
+        "joinall returned after {:.1} s: {finished} of {} finished",
+        t.elapsed().as_secs_f64(),
+        jobs.len()
+    );
+    let unfinished: Vec<_> = jobs
+        .iter()
+        .filter(|j| !j.is_finished())
+        .map(|j| j.id())
+        .collect();
     killall(&jobs); // gevent would leave them running; we stop them so the program can end
     let values: Vec<Option<String>> = jobs
         .into_iter()
-        .map(|j| if unfinished.contains(&j.id()) { None } else { j.join().ok() })
+        .map(|j| {
+            if unfinished.contains(&j.id()) {
+                None
+            } else {
+                j.join().ok()
+            }
+        })
         .collect();
     for (site, value) in sites.iter().map(|s| s.0).zip(&values) {
         println!("{site:22} {value:?}");

@@ -18,7 +18,10 @@ fn xorshift(state: &mut u64) -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse().expect("N")).unwrap_or(10_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("N"))
+        .unwrap_or(10_000);
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
     let done = Rc::new(Cell::new(0_usize));
     let t = Instant::now();
@@ -36,10 +39,17 @@ fn main() {
             })
         })
         .collect();
-    println!("spawned {n} sleepers in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "spawned {n} sleepers in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     while done.get() < n {
         sleep(Duration::from_millis(200));
-        println!("  {:>6} / {n} awake after {:.1} s", done.get(), t.elapsed().as_secs_f64());
+        println!(
+            "  {:>6} / {n} awake after {:.1} s",
+            done.get(),
+            t.elapsed().as_secs_f64()
+        );
     }
     for h in handles {
         h.join().expect("sleeper");

@@ -21,12 +21,13 @@
 //! assert_eq!(joinall(&jobs, Some(Duration::from_secs(2))), 3);
 //! ```
 //!
-//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`hub`] <-
-//! [`time`], [`threadpool`].
+//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`monitor`]
+//! <- [`hub`] <- [`time`], [`threadpool`].
 
 mod error;
 pub mod greenlet;
 pub mod hub;
+pub mod monitor;
 pub mod threadpool;
 pub mod time;
 
@@ -34,6 +35,6 @@ pub use error::Error;
 pub use greenlet::{
     Builder, Greenlet, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
 };
-pub use hub::{HubHandle, JoinHandle, joinall, killall, spawn, spawn_later};
+pub use hub::{HubHandle, JoinHandle, cooperate, dump, joinall, killall, spawn, spawn_later};
 pub use threadpool::{ThreadPool, spawn_blocking};
 pub use time::{Timeout, sleep, with_timeout};

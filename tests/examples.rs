@@ -33,8 +33,15 @@ fn test1_test2_prints_12_56_34() {
 }
 
 fn run_args(name: &str, args: &[&str]) -> String {
-    let out = Command::new(example(name)).args(args).output().unwrap_or_else(|e| panic!("run {name}: {e}"));
-    assert!(out.status.success(), "{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(example(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -43,7 +50,10 @@ fn gevent_jobs_joinall_with_timeout_reports_three_of_four() {
     let out = run("gevent_jobs");
     assert!(out.contains("3 of 4 finished"), "{out}");
     assert!(out.contains("www.slow-site.test     None"), "{out}");
-    assert!(out.contains("Some(\"www.python.org answered after 1200 ms\")"), "{out}");
+    assert!(
+        out.contains("Some(\"www.python.org answered after 1200 ms\")"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -52,7 +62,10 @@ fn sleepers_sleep_concurrently() {
     let last = out.lines().last().unwrap();
     assert!(last.starts_with("all 2000 done in"), "{out}");
     // "all N done in T s; longest sleep L s; the sum of all sleeps is S s": T is far below S.
-    let nums: Vec<f64> = last.split(' ').filter_map(|w| w.trim_end_matches(';').parse().ok()).collect();
+    let nums: Vec<f64> = last
+        .split(' ')
+        .filter_map(|w| w.trim_end_matches(';').parse().ok())
+        .collect();
     let (elapsed, sum) = (nums[1], nums[3]);
     assert!(elapsed * 10.0 < sum, "{last}");
 }

@@ -38,6 +38,7 @@
 //! needs_sync(&greenhub::getcurrent()); // Greenlet is not Sync
 //! ```
 
+pub(crate) mod probe;
 mod stack;
 mod switch;
 mod trace;
@@ -51,12 +52,11 @@ use std::panic::Location;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use corosensei::Yielder;
-
 use crate::error::Error;
-use switch::{Co, Msg, Payload};
+use switch::{Co, GreenYielder, Payload};
 
 pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
+pub(crate) use switch::signal_safe_identity;
 pub use trace::{TraceEvent, TraceHook, settrace};
 pub use value::Value;
 
@@ -93,7 +93,7 @@ pub(crate) struct Inner {
     parent: RefCell<Option<Greenlet>>,
     state: Cell<State>,
     co: RefCell<Option<Co>>,
-    yielder: Cell<*const Yielder<Msg, Msg>>,
+    yielder: Cell<*const GreenYielder>,
     forced_unwind: Cell<bool>,
 }
 
@@ -245,7 +245,7 @@ impl Greenlet {
     /// ```
     #[inline]
     pub fn switch<T: Any>(&self, value: T) -> Result<Value, Error> {
-        self.send(TraceEvent::Switch, Payload::Value(Value::new(value)))
+        switch::send_value(self, Value::new(value))
     }
 
     /// Raises `error` in this greenlet at its switch point: its pending `switch` returns
@@ -287,22 +287,7 @@ impl Greenlet {
     }
 
     fn send(&self, event: TraceEvent, payload: Payload) -> Result<Value, Error> {
-        let me = switch::current_ptr();
-        // SAFETY: the running greenlet is alive while its own code runs (switch.rs, CURRENT).
-        let me_ref: &Inner = unsafe { &*me };
-        if std::ptr::eq(me, Rc::as_ptr(&self.inner)) {
-            return switch::deliver(payload, me_ref);
-        }
-        if self.inner.state.get() == State::Dead {
-            return Err(Error::DeadGreenlet { id: self.inner.id });
-        }
-        let reply = switch::transfer(Msg {
-            origin: switch::traced_origin(),
-            target: self.clone(),
-            event,
-            payload,
-        });
-        switch::deliver(reply, me_ref)
+        switch::send(self, event, payload)
     }
 
     /// This greenlet's parent: where its result goes when it finishes. `None` for the

@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::ptr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering, fence};
 use std::sync::{Once, OnceLock};
 
 use corosensei::stack::StackPointer;
@@ -37,8 +37,20 @@ const HEADER_SIZE: usize = 64;
 const HEADER_MAGIC: u64 = 0x6772_6565_6e68_7562;
 /// Longest greenlet name kept in the header, in bytes.
 const NAME_MAX: usize = 39;
-/// Free stacks per size class kept with their memory; older ones get `MADV_DONTNEED`.
-const HOT_LIMIT: usize = 128;
+/// Free stacks per size class kept with their memory ("hot"): between `HOT_LIMIT` and
+/// `HOT_LIMIT + RELEASE_BATCH - 1` of them. Once there are `HOT_LIMIT + RELEASE_BATCH`,
+/// the `RELEASE_BATCH` least recently freed get `MADV_DONTNEED` in one call.
+const HOT_LIMIT: usize = 64;
+const RELEASE_BATCH: usize = 64;
+/// Most slots whose guard pages are installed in one call (see `PoolInner::take`).
+const GUARD_BATCH: usize = 64;
+/// Most ranges given to one `process_madvise` call (the kernel's limit is 1024).
+const MAX_BATCH: usize = 64;
+const _: () = assert!(GUARD_BATCH <= MAX_BATCH && RELEASE_BATCH <= MAX_BATCH);
+/// `PIDFD_SELF_THREAD` (Linux 6.14+): makes `process_madvise` act on the calling
+/// thread's own address space, with no file descriptor to keep (and none to go stale
+/// across `fork`). Older kernels reject it (`EBADF`); we then fall back to `madvise`.
+const PIDFD_SELF_THREAD: libc::c_int = -10_000;
 /// Slots in the first arena of a size class; each next arena doubles, up to the cap.
 const FIRST_ARENA_SLOTS: usize = 16;
 const MAX_ARENA_SLOTS: usize = 65_536;
@@ -138,6 +150,119 @@ fn install_guard(mode: GuardMode, addr: usize, len: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Makes the first page of each of the `count` slots of `slot_size` bytes from `first`
+/// a guard page (`guard` bytes). Returns how many leading slots got their guard, or the
+/// error if not even the first did. With `madvise` guards, all of them take one
+/// `process_madvise` call where the kernel allows it.
+fn install_guards(
+    mode: GuardMode,
+    first: usize,
+    slot_size: usize,
+    count: usize,
+    guard: usize,
+) -> io::Result<usize> {
+    debug_assert!((1..=GUARD_BATCH).contains(&count));
+    if mode == GuardMode::Madvise {
+        let mut ranges = [(0, 0); GUARD_BATCH];
+        for (i, r) in ranges[..count].iter_mut().enumerate() {
+            *r = (first + i * slot_size, guard);
+        }
+        if advise_batch(&ranges[..count], MADV_GUARD_INSTALL) {
+            return Ok(count);
+        }
+    }
+    // One at a time (also after a failed batch: installing a guard twice is harmless).
+    for i in 0..count {
+        if let Err(e) = install_guard(mode, first + i * slot_size, guard) {
+            return if i == 0 { Err(e) } else { Ok(i) };
+        }
+    }
+    Ok(count)
+}
+
+/// Gives the memory of the `(addr, len)` ranges back to the kernel (`MADV_DONTNEED`):
+/// one `process_madvise` call where the kernel allows it, else one `madvise` each.
+///
+/// # Safety
+/// Each range must be part of one of our arenas that nothing references: its
+/// contents are lost (it reads back as zeros).
+unsafe fn release_ranges(ranges: &[(usize, usize)]) {
+    if advise_batch(ranges, libc::MADV_DONTNEED) {
+        return;
+    }
+    for &(addr, len) in ranges {
+        // SAFETY: per the contract, nothing references the range's contents, and
+        // DONTNEED on private anonymous memory only makes it read back as zeros.
+        let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_DONTNEED) };
+        debug_assert_eq!(
+            rc,
+            0,
+            "MADV_DONTNEED failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether `process_madvise` on ourselves works: 0 not tried yet, 1 works, 2 refused by
+/// this kernel (then only `madvise` is used).
+static BATCH_STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Applies `advice` (`MADV_GUARD_INSTALL` or `MADV_DONTNEED`) to all of `ranges` (at
+/// most `MAX_BATCH`, each inside one of our arenas and referenced by nothing) with one
+/// `process_madvise(PIDFD_SELF_THREAD, ..)` call. `false` if that did not cover them
+/// all (an older kernel, a filter, or a real failure): the caller then advises each
+/// range with `madvise`, which reports any real error. After a kernel refusal the
+/// batch call is not tried again.
+fn advise_batch(ranges: &[(usize, usize)], advice: libc::c_int) -> bool {
+    if ranges.is_empty() {
+        return true;
+    }
+    if ranges.len() == 1 || BATCH_STATE.load(Ordering::Relaxed) == 2 {
+        return false; // `madvise` is as cheap for one range
+    }
+    let mut iov = [libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_BATCH];
+    let n = ranges.len().min(MAX_BATCH);
+    for (v, &(addr, len)) in iov.iter_mut().zip(&ranges[..n]) {
+        *v = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: len,
+        };
+    }
+    // SAFETY: `iov[..n]` is an initialised array of `n` iovecs that outlives the call;
+    // the kernel only reads it. Each range is, per our callers, inside one of our
+    // arenas and referenced by nothing, so guarding it or dropping its contents is as
+    // sound as the equivalent `madvise`. `PIDFD_SELF_THREAD` names our own address
+    // space (no other process is touched), and older kernels reject it with `EBADF`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_process_madvise,
+            PIDFD_SELF_THREAD,
+            iov.as_ptr(),
+            n,
+            advice,
+            0,
+        )
+    };
+    let total: usize = ranges[..n].iter().map(|r| r.1).sum();
+    if rc >= 0 && rc as usize == total && n == ranges.len() {
+        BATCH_STATE.store(1, Ordering::Relaxed);
+        return true;
+    }
+    if rc < 0 && BATCH_STATE.load(Ordering::Relaxed) == 0 {
+        let errno = io::Error::last_os_error().raw_os_error();
+        if matches!(
+            errno,
+            Some(libc::ENOSYS | libc::EBADF | libc::EINVAL | libc::EPERM | libc::ESRCH)
+        ) {
+            BATCH_STATE.store(2, Ordering::Relaxed);
+        }
+    }
+    false
 }
 
 // ---------------------------------------------------------------------------
@@ -254,6 +379,8 @@ pub struct Stack {
     usable: usize,
     /// Index of the size class in the pool.
     class: usize,
+    /// `base()`, precomputed: corosensei asks for it on every resume.
+    base: StackPointer,
     pool: Rc<RefCell<PoolInner>>,
 }
 
@@ -267,7 +394,7 @@ pub struct Stack {
 unsafe impl corosensei::stack::Stack for Stack {
     #[inline]
     fn base(&self) -> StackPointer {
-        StackPointer::new(self.slot + page_size() + self.usable - HEADER_SIZE).unwrap()
+        self.base
     }
 
     #[inline]
@@ -353,7 +480,9 @@ struct Arena {
     start: usize,
     len: usize,
     slots: usize,
-    /// Slots carved so far (their guards are installed).
+    /// Slots whose guard page is installed (`carved..guarded` are ready to hand out).
+    guarded: usize,
+    /// Slots handed out at least once (all of them have their guard).
     carved: usize,
     registry: Option<usize>,
 }
@@ -413,17 +542,21 @@ impl StackPool {
         let slot = inner.take(class)?;
         inner.in_use += 1;
         drop(inner);
+        let base = StackPointer::new(slot + page + usable - HEADER_SIZE)
+            .expect("a slot lies above address 0");
         Ok(Stack {
             slot,
             usable,
             class,
+            base,
             pool: Rc::clone(&self.inner),
         })
     }
 
-    /// Returns a stack to its pool (the same as dropping it). The 128 most recently
-    /// returned stacks of each size keep their memory; older free stacks get
-    /// `MADV_DONTNEED` over their usable part and stay in the free list.
+    /// Returns a stack to its pool (the same as dropping it). The most recently
+    /// returned stacks of each size (64 to 127 of them) keep their memory; older free
+    /// stacks get `MADV_DONTNEED` over their usable part, 64 at a time, and stay in the
+    /// free list.
     pub fn put(&mut self, stack: Stack) {
         drop(stack);
     }
@@ -473,9 +606,22 @@ impl PoolInner {
                 .map_or(FIRST_ARENA_SLOTS, |a| (a.slots * 2).min(MAX_ARENA_SLOTS));
             class.arenas.push(Arena::map(want, slot_size, guard)?);
         }
+        let first_arena = class.arenas.len() == 1;
         let arena = class.arenas.last_mut().unwrap();
+        if arena.carved == arena.guarded {
+            // Guard the next slots in one go: as many as were carved so far (1, 1, 2, 4,
+            // ... in the first arena, so a program with few greenlets guards few
+            // slots), at most GUARD_BATCH.
+            let want = if first_arena {
+                arena.carved.max(1)
+            } else {
+                GUARD_BATCH
+            };
+            let count = want.min(GUARD_BATCH).min(arena.slots - arena.guarded);
+            let first = arena.start + arena.guarded * slot_size;
+            arena.guarded += install_guards(mode, first, slot_size, count, guard)?;
+        }
         let slot = arena.start + arena.carved * slot_size;
-        install_guard(mode, slot, guard)?;
         arena.carved += 1;
         Ok(slot)
     }
@@ -485,26 +631,17 @@ impl PoolInner {
         let guard = self.guard;
         let class = &mut self.classes[ci];
         class.free.push(slot);
-        if class.free.len() - class.cold > HOT_LIMIT {
-            let cold_slot = class.free[class.cold];
-            class.cold += 1;
-            // SAFETY: the usable part of a free slot: inside our arena, above the
-            // guard page (left untouched), and no `Stack` owns it, so nothing
-            // references its contents. DONTNEED on private anonymous memory just
-            // gives back zero-filled pages on the next touch.
-            let rc = unsafe {
-                libc::madvise(
-                    (cold_slot + guard) as *mut _,
-                    class.usable,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            debug_assert_eq!(
-                rc,
-                0,
-                "MADV_DONTNEED failed: {}",
-                io::Error::last_os_error()
-            );
+        if class.free.len() - class.cold >= HOT_LIMIT + RELEASE_BATCH {
+            let mut ranges = [(0, 0); RELEASE_BATCH];
+            let oldest_hot = &class.free[class.cold..class.cold + RELEASE_BATCH];
+            for (r, &s) in ranges.iter_mut().zip(oldest_hot) {
+                *r = (s + guard, class.usable);
+            }
+            class.cold += RELEASE_BATCH;
+            // SAFETY: the usable parts (above the guard page, which is left alone) of
+            // free slots: inside our arenas, owned by no `Stack`, so nothing references
+            // their contents.
+            unsafe { release_ranges(&ranges) };
         }
     }
 }
@@ -534,6 +671,7 @@ impl Arena {
                     start,
                     len,
                     slots: want,
+                    guarded: 0,
                     carved: 0,
                     registry,
                 });
@@ -932,6 +1070,28 @@ mod tests {
                 // SAFETY (test): deliberately touching the guard page must fault.
                 unsafe { ptr::read_volatile(stack.limit().get() as *const u8) };
             }
+            "nobatch" => {
+                // Without process_madvise: guards and releases one range at a time.
+                BATCH_STATE.store(2, Ordering::Relaxed);
+                let n = HOT_LIMIT + RELEASE_BATCH;
+                let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
+                let top = stacks[0].base().get() - 1;
+                // SAFETY (test): the top usable byte of an owned stack.
+                unsafe { ptr::write_volatile(top as *mut u8, 1) };
+                let guard = stacks[39].limit().get();
+                drop(stacks);
+                // SAFETY (test): a released free slot's usable area, mapped and unused.
+                assert_eq!(unsafe { ptr::read_volatile(top as *const u8) }, 0);
+                assert_eq!(BATCH_STATE.load(Ordering::Relaxed), 2);
+                // SAFETY (test): deliberately touching a guard page must fault.
+                unsafe { ptr::read_volatile(guard as *const u8) };
+            }
+            "touchbatchguard" => {
+                // The 40th stack's guard was installed with 31 others in one call.
+                let stacks: Vec<_> = (0..40).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
+                // SAFETY (test): deliberately touching the guard page must fault.
+                unsafe { ptr::read_volatile(stacks[39].limit().get() as *const u8) };
+            }
             "dontneed" => {
                 // Guard markers must survive DONTNEED over the whole slot.
                 let stack = pool.get(MIN_STACK_SIZE).unwrap();
@@ -1140,36 +1300,62 @@ mod tests {
 
     #[test]
     fn cold_stacks_are_released_but_reusable() {
+        let n = HOT_LIMIT + RELEASE_BATCH + 10;
         let mut pool = StackPool::with_mode(guard_mode());
-        let stacks: Vec<_> = (0..HOT_LIMIT + 10)
-            .map(|_| pool.get(MIN_STACK_SIZE).unwrap())
-            .collect();
+        let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
         for s in &stacks {
             // SAFETY (test): the top usable byte of an owned stack.
             unsafe { ptr::write_volatile((s.base().get() - 1) as *mut u8, 1) };
         }
+        let top_byte = |slot: usize| {
+            // SAFETY (test): reading a free slot's usable area, mapped and unused.
+            unsafe {
+                ptr::read_volatile(
+                    (slot + page_size() + MIN_STACK_SIZE - HEADER_SIZE - 1) as *const u8,
+                )
+            }
+        };
         let first = stacks[0].limit().get();
+        let last_released = stacks[RELEASE_BATCH - 1].limit().get();
+        let first_kept = stacks[RELEASE_BATCH].limit().get();
         drop(stacks);
         {
             let inner = pool.inner.borrow();
-            assert_eq!(inner.classes[0].cold, 10);
+            // One batch went cold once HOT_LIMIT + RELEASE_BATCH were free.
+            assert_eq!(inner.classes[0].cold, RELEASE_BATCH);
+            assert_eq!(inner.classes[0].free.len(), n);
         }
-        // The first-freed stack was released: its memory reads back as zero.
-        // SAFETY (test): reading a free slot's usable area, mapped and unused.
-        assert_eq!(
-            unsafe {
-                ptr::read_volatile(
-                    (first + page_size() + MIN_STACK_SIZE - HEADER_SIZE - 1) as *const u8,
-                )
-            },
-            0
-        );
-        let all: Vec<_> = (0..HOT_LIMIT + 10)
-            .map(|_| pool.get(MIN_STACK_SIZE).unwrap())
-            .collect();
+        // The first-freed stacks were released: their memory reads back as zero.
+        assert_eq!(top_byte(first), 0);
+        assert_eq!(top_byte(last_released), 0);
+        // Later ones kept theirs.
+        assert_eq!(top_byte(first_kept), 1);
+        let all: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
         assert_eq!(pool.inner.borrow().classes[0].cold, 0);
-        assert_eq!(pool.stats().slots_in_use, HOT_LIMIT + 10);
+        assert_eq!(pool.stats().slots_in_use, n);
         drop(all);
+    }
+
+    #[test]
+    fn guards_are_installed_in_batches() {
+        let mut pool = StackPool::with_mode(guard_mode());
+        let stacks: Vec<_> = (0..40).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
+        {
+            let inner = pool.inner.borrow();
+            let arenas = &inner.classes[0].arenas;
+            // First arena: guards for 1, 1, 2, 4 then 8 slots; the second arena (32
+            // slots) got all its guards in one go.
+            assert_eq!((arenas[0].guarded, arenas[0].carved), (16, 16));
+            assert_eq!((arenas[1].guarded, arenas[1].carved), (32, 24));
+            assert_eq!(
+                find_guard(stacks[39].limit().get() + 5).map(|g| g.0),
+                Some(stacks[39].limit().get())
+            );
+        }
+        // Slots guarded but not handed out yet are used before any new guard.
+        let more: Vec<_> = (0..8).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
+        assert_eq!(pool.inner.borrow().classes[0].arenas[1].carved, 32);
+        drop((stacks, more));
     }
 
     #[test]
@@ -1252,7 +1438,7 @@ mod tests {
     #[test]
     fn touching_the_guard_faults() {
         for mode in modes() {
-            for scenario in ["touchguard", "dontneed"] {
+            for scenario in ["touchguard", "touchbatchguard", "nobatch", "dontneed"] {
                 let (err, st) = run_child(&format!("{scenario}_{}", suffix(mode)));
                 assert_eq!(
                     st.signal(),

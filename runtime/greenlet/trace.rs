@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 
 use super::Greenlet;
+use super::switch::set_trace_on;
 
 /// Why the trace hook is being called (Python greenlet's `"switch"` / `"throw"` events).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,7 +21,6 @@ pub type TraceHook = Box<dyn FnMut(TraceEvent, &Greenlet, &Greenlet)>;
 
 thread_local! {
     static HOOK: RefCell<Option<TraceHook>> = const { RefCell::new(None) };
-    static ON: Cell<bool> = const { Cell::new(false) };
     /// Bumped by every `settrace`, so `call` can tell whether the hook replaced itself.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
 }
@@ -50,14 +50,9 @@ thread_local! {
 /// assert_eq!(log.borrow()[0].0, TraceEvent::Switch);
 /// ```
 pub fn settrace(hook: Option<TraceHook>) -> Option<TraceHook> {
-    ON.with(|on| on.set(hook.is_some()));
+    set_trace_on(hook.is_some());
     GENERATION.with(|g| g.set(g.get() + 1));
     HOOK.with(|h| h.replace(hook))
-}
-
-#[inline]
-pub(crate) fn is_on() -> bool {
-    ON.with(Cell::get)
 }
 
 /// Calls the hook, if any. The hook is taken out while it runs so that switches made
@@ -67,7 +62,7 @@ pub(crate) fn call(event: TraceEvent, origin: &Greenlet, target: &Greenlet) {
     let Some(mut hook) = HOOK.with(|h| h.borrow_mut().take()) else {
         return;
     };
-    ON.with(|on| on.set(false));
+    set_trace_on(false);
     let generation = GENERATION.with(Cell::get);
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event, origin, target)));
@@ -76,13 +71,13 @@ pub(crate) fn call(event: TraceEvent, origin: &Greenlet, target: &Greenlet) {
             // Put it back unless `settrace` was called meanwhile (by the hook itself).
             if GENERATION.with(Cell::get) == generation {
                 HOOK.with(|h| *h.borrow_mut() = Some(hook));
-                ON.with(|on| on.set(true));
+                set_trace_on(true);
             }
         }
         Err(_) => {
             eprintln!("greenhub: the trace hook panicked and has been removed");
             if GENERATION.with(Cell::get) != generation {
-                HOOK.with(|h| ON.with(|on| on.set(h.borrow().is_some())));
+                HOOK.with(|h| set_trace_on(h.borrow().is_some()));
             }
         }
     }

@@ -23,6 +23,8 @@ pub enum Direction {
 
 #[derive(Default)]
 struct Slot {
+    /// The fd, for `dump()` (-1 when not known).
+    fd: i32,
     readable: bool,
     writable: bool,
     reader: Option<Waiter>,
@@ -66,7 +68,19 @@ impl IoTable {
 impl Hub {
     /// Registers `source` for read and write readiness; returns its token.
     pub(crate) fn register_io(&self, source: &mut impl mio::event::Source) -> io::Result<usize> {
-        let token = self.io.slots.borrow_mut().insert(Slot::default());
+        self.register_io_fd(source, -1)
+    }
+
+    /// Like [`register_io`](Hub::register_io), naming the fd for `dump()`.
+    pub(crate) fn register_io_fd(
+        &self,
+        source: &mut impl mio::event::Source,
+        fd: i32,
+    ) -> io::Result<usize> {
+        let token = self.io.slots.borrow_mut().insert(Slot {
+            fd,
+            ..Slot::default()
+        });
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
         if let Err(e) = self
             .poll
@@ -121,6 +135,7 @@ impl Hub {
                     "the socket was closed",
                 ));
             };
+            let fd = slot.fd;
             let (ready, place) = match direction {
                 Direction::Read => (slot.readable, &mut slot.reader),
                 Direction::Write => (slot.writable, &mut slot.writer),
@@ -129,15 +144,18 @@ impl Hub {
                 return Ok(());
             }
             if place.as_ref().is_some_and(Waiter::is_waiting) {
-                return Err(io::Error::new(io::ErrorKind::ResourceBusy, format!(
-                    "another greenlet is already waiting to {} on this socket",
-                    match direction {
-                        Direction::Read => "read",
-                        Direction::Write => "write",
-                    }
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "another greenlet is already waiting to {} on this socket",
+                        match direction {
+                            Direction::Read => "read",
+                            Direction::Write => "write",
+                        }
+                    ),
+                ));
             }
-            let waiter = self.begin_wait();
+            let waiter = self.begin_wait_on(super::WaitOn::Io { fd, direction });
             *place = Some(waiter.clone());
             waiter
         };

@@ -16,6 +16,7 @@
 //! assert_eq!(h.join().unwrap(), "slept");
 //! ```
 
+mod dump;
 mod io;
 mod remote;
 mod spawn;
@@ -31,10 +32,11 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::greenlet::{Greenlet, GreenletExit, getcurrent};
 
+pub use dump::{dump, install_dump_signal};
 pub use io::Direction;
 pub use remote::{HubHandle, ResultReceiver, ResultSender, result_channel};
 pub use spawn::{Builder, JoinHandle, joinall, killall, spawn, spawn_later};
-pub(crate) use task::{Scope, Task, Waiter, Wake};
+pub(crate) use task::{Scope, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
 /// The mio token of the cross-thread waker.
@@ -55,6 +57,8 @@ pub(crate) struct Hub {
     running: RefCell<Option<Rc<Task>>>,
     /// Tasks for greenlets the hub did not spawn (the main greenlet, plain greenlets).
     others: RefCell<HashMap<u64, Rc<Task>>>,
+    /// Every task made on this hub, for `dump()` (pruned of dead ones as it grows).
+    all_tasks: RefCell<Vec<std::rc::Weak<Task>>>,
     next_seq: Cell<u64>,
 }
 
@@ -92,6 +96,12 @@ impl Hub {
             .name("hub")
             .parent(&main)
             .build(|_| -> Result<(), Error> { current_hub().run() });
+        let remote = Arc::new(remote::Remote::new(waker));
+        dump::register_hub(HubHandle::new(remote.clone()));
+        crate::greenlet::probe::current()
+            .hub_greenlet
+            .store(greenlet.id(), std::sync::atomic::Ordering::Relaxed);
+        crate::monitor::start();
         Rc::new(Hub {
             greenlet,
             main,
@@ -100,10 +110,11 @@ impl Hub {
             poll: RefCell::new(poll),
             events: RefCell::new(mio::Events::with_capacity(1024)),
             io: io::IoTable::default(),
-            remote: Arc::new(remote::Remote::new(waker)),
+            remote,
             external: remote::ExternalWaits::default(),
             running: RefCell::new(None),
             others: RefCell::new(HashMap::new()),
+            all_tasks: RefCell::new(Vec::new()),
             next_seq: Cell::new(1),
         })
     }
@@ -131,8 +142,28 @@ impl Hub {
         }
         others
             .entry(me.id())
-            .or_insert_with(|| Rc::new(Task::new(me)))
+            .or_insert_with(|| {
+                let task = Rc::new(Task::new(me));
+                self.track(&task);
+                task
+            })
             .clone()
+    }
+
+    /// Remembers a task for `dump()`.
+    pub(crate) fn track(&self, task: &Rc<Task>) {
+        let mut all = self.all_tasks.borrow_mut();
+        if all.len() >= 64 && all.len().is_power_of_two() {
+            all.retain(|t| t.upgrade().is_some_and(|t| !t.greenlet.is_dead()));
+        }
+        all.push(Rc::downgrade(task));
+    }
+
+    /// Starts a wait for `what` (see [`begin_wait`](Hub::begin_wait)).
+    pub(crate) fn begin_wait_on(&self, what: WaitOn) -> Waiter {
+        let waiter = self.begin_wait();
+        waiter.task.waiting_on.set(what);
+        waiter
     }
 
     /// Starts a wait of the running greenlet and returns the waiter that ends it.
@@ -141,6 +172,7 @@ impl Hub {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         task.waiting.set(seq);
+        task.waiting_on.set(WaitOn::Sync("event"));
         Waiter { task, seq }
     }
 
@@ -242,6 +274,12 @@ impl Hub {
             self.run_ready();
             self.remote.drain(self);
             let timeout = if !self.ready.borrow().is_empty() {
+                if self.io.waiting() == 0 {
+                    // No greenlet waits on an fd, so there is nothing to poll for
+                    // (cross-thread work is drained above): skip the epoll_wait syscall.
+                    self.fire_timers();
+                    continue;
+                }
                 Some(Duration::ZERO)
             } else if let Some(at) = self.timers.borrow_mut().next_deadline() {
                 Some(at.saturating_duration_since(Instant::now()))
@@ -268,8 +306,11 @@ impl Hub {
                 continue;
             }
             *self.running.borrow_mut() = Some(task.clone());
+            let started = Instant::now();
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
+            task.runs.set(task.runs.get() + 1);
+            task.run_time.set(task.run_time.get() + started.elapsed());
             *self.running.borrow_mut() = None;
             if let Err(payload) = outcome {
                 // A plain greenlet whose parent is the hub panicked (spawned ones report
@@ -300,6 +341,9 @@ impl Hub {
     }
 
     fn fire_timers(&self) {
+        if self.timers.borrow_mut().next_deadline().is_none() {
+            return; // no clock read when no timer is pending
+        }
         let now = Instant::now();
         loop {
             let Some(waiter) = self.timers.borrow_mut().pop_expired(now) else {
@@ -348,16 +392,53 @@ fn raise_nofile_limit() {
 /// an open `Timeout` scope expires first.
 pub(crate) fn sleep_until(deadline: Instant) -> Result<(), Error> {
     let hub = current_hub();
-    let waiter = hub.begin_wait();
+    let waiter = hub.begin_wait_on(WaitOn::Timer);
     hub.park(&waiter, Some(deadline)).map(|_| ())
 }
 
 /// Lets every other ready greenlet run once, then returns (`sleep(0)`).
 pub(crate) fn yield_now() -> Result<(), Error> {
     let hub = current_hub();
-    let waiter = hub.begin_wait();
+    let waiter = hub.begin_wait_on(WaitOn::Turn);
     waiter.wake(Wake::Ready);
     hub.park(&waiter, None).map(|_| ())
+}
+
+/// A cooperative yield point for CPU-bound loops: costs a load and a branch, unless the
+/// running greenlet has used up its time slice (10 ms by default) or the monitor asked
+/// this thread to yield; then it lets the other ready greenlets run (`sleep(0)`) and
+/// delivers a pending kill (by unwinding) or an expired [`Timeout`](crate::Timeout).
+///
+/// So a compute loop that calls it stays responsive, and can be killed and timed out
+/// (gevent cannot: its issue #1949). Cooperative sockets and `sleep` are yield points too.
+///
+/// # Errors
+/// [`Error::Timeout`] when an enclosing `Timeout` scope has expired.
+///
+/// ```
+/// use std::time::Duration;
+/// use greenhub::{Error, cooperate, with_timeout};
+/// let r = with_timeout(Duration::from_millis(30), || -> Result<u64, Error> {
+///     let mut n = 0_u64;
+///     loop {
+///         n = n.wrapping_add(1);
+///         cooperate()?; // the timeout lands here
+///     }
+/// });
+/// assert!(matches!(r, Err(Error::Timeout)));
+/// ```
+#[inline]
+pub fn cooperate() -> Result<(), Error> {
+    if crate::greenlet::probe::preempt_requested() {
+        return cooperate_slow();
+    }
+    Ok(())
+}
+
+#[cold]
+fn cooperate_slow() -> Result<(), Error> {
+    crate::greenlet::probe::clear_preempt();
+    yield_now()
 }
 
 /// A [`HubHandle`] for this thread's hub, to post work to it from other threads.

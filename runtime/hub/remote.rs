@@ -90,7 +90,7 @@ impl ExternalWaits {
 /// Get one with [`greenhub::hub::handle()`](crate::hub::handle) on the hub's thread.
 #[derive(Clone)]
 pub struct HubHandle {
-    remote: Arc<Remote>,
+    pub(crate) remote: Arc<Remote>,
 }
 
 impl HubHandle {
@@ -211,7 +211,7 @@ impl<T> ResultReceiver<T> {
                     SlotState::Empty => *state = SlotState::Empty,
                 }
             }
-            let waiter = hub.begin_wait();
+            let waiter = hub.begin_wait_on(super::WaitOn::Thread);
             if let Some(slot) = hub.external.slots.borrow_mut().get_mut(self.shared.key) {
                 *slot = Some(waiter.clone());
             }

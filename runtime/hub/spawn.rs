@@ -135,10 +135,9 @@ impl Builder {
             done.complete(result);
             Ok(())
         });
-        JoinHandle {
-            task: Rc::new(Task::new(greenlet)),
-            completion,
-        }
+        let task = Rc::new(Task::new(greenlet));
+        hub.track(&task);
+        JoinHandle { task, completion }
     }
 }
 
@@ -318,7 +317,7 @@ fn wait_all<T>(handles: &[JoinHandle<T>], deadline: Option<Instant>) -> Result<u
         if finished == handles.len() {
             return Ok(finished);
         }
-        let waiter = hub.begin_wait();
+        let waiter = hub.begin_wait_on(super::WaitOn::Join);
         for h in handles.iter().filter(|h| !h.is_finished()) {
             let mut joiners = h.completion.joiners.borrow_mut();
             joiners.retain(Waiter::is_waiting);

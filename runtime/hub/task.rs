@@ -21,6 +21,28 @@ pub(crate) enum Wake {
     BlockForever,
 }
 
+/// What a parked task waits for, for [`dump`](crate::hub::dump).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitOn {
+    /// Not waiting.
+    Nothing,
+    /// A timer (`sleep`, or a deadline).
+    Timer,
+    /// An fd to become ready.
+    Io {
+        fd: i32,
+        direction: super::Direction,
+    },
+    /// Another greenlet to finish.
+    Join,
+    /// A synchronization primitive or queue (its kind).
+    Sync(&'static str),
+    /// A value from another thread (a thread-pool job, a `result_channel`).
+    Thread,
+    /// Its turn to run (`sleep(0)`, `cooperate()`).
+    Turn,
+}
+
 /// A `Timeout` scope on a task: its deadline, and whether it has cut a wait short.
 pub(crate) struct Scope {
     pub(crate) id: u64,
@@ -39,6 +61,12 @@ pub(crate) struct Task {
     pub(crate) kill_pending: Cell<bool>,
     /// Open `Timeout` scopes, innermost last.
     pub(crate) scopes: RefCell<Vec<Scope>>,
+    /// What it waits for (while `waiting` is non-zero).
+    pub(crate) waiting_on: Cell<WaitOn>,
+    /// How many times the hub has switched into it.
+    pub(crate) runs: Cell<u64>,
+    /// Time spent running after those switches.
+    pub(crate) run_time: Cell<std::time::Duration>,
 }
 
 impl Task {
@@ -49,6 +77,9 @@ impl Task {
             wake: Cell::new(Wake::Ready),
             kill_pending: Cell::new(false),
             scopes: RefCell::new(Vec::new()),
+            waiting_on: Cell::new(WaitOn::Nothing),
+            runs: Cell::new(0),
+            run_time: Cell::new(std::time::Duration::ZERO),
         }
     }
 

@@ -38,6 +38,11 @@ impl<T> Timers<T> {
         }
     }
 
+    /// Number of live (not fired, not cancelled) timers.
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+
     pub(crate) fn insert(&mut self, deadline: Instant, value: T) -> TimerKey {
         self.next_generation += 1;
         let generation = self.next_generation;

@@ -1,0 +1,113 @@
+//! The per-thread probe the monitor reads: a switch counter and the running greenlet's id,
+//! published with relaxed atomics on every switch (no locks on the switch path), plus a
+//! preemption request the monitor sets and [`cooperate`](crate::cooperate) checks.
+
+use std::cell::Cell;
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// What one thread publishes for the monitor.
+pub struct Probe {
+    /// Switches made on this thread so far.
+    pub(crate) switches: AtomicU64,
+    /// The id of the running greenlet.
+    pub(crate) running: AtomicU64,
+    /// Set by the monitor: the running greenlet has used up its time slice; cleared by
+    /// `cooperate()` when it yields.
+    pub(crate) preempt: AtomicBool,
+    /// The id of this thread's hub greenlet, 0 if the thread has no hub. While the hub
+    /// greenlet runs, the thread is idle (waiting for events), not blocked.
+    pub(crate) hub_greenlet: AtomicU64,
+    /// Kernel thread id, for `/proc/self/task/<tid>` and signals.
+    pub(crate) tid: libc::pid_t,
+    /// The thread's name (or `<unnamed>`).
+    pub(crate) thread_name: String,
+}
+
+static PROBES: Mutex<Vec<Weak<Probe>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static PROBE: Arc<Probe> = register();
+    /// A raw pointer to this thread's probe, for `cooperate()` (no lazy-init check).
+    static PROBE_PTR: Cell<*const Probe> = const { Cell::new(std::ptr::null()) };
+}
+
+fn register() -> Arc<Probe> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let probe = Arc::new(Probe {
+        switches: AtomicU64::new(0),
+        running: AtomicU64::new(0),
+        preempt: AtomicBool::new(false),
+        hub_greenlet: AtomicU64::new(0),
+        tid,
+        thread_name: std::thread::current()
+            .name()
+            .unwrap_or("<unnamed>")
+            .to_string(),
+    });
+    let mut all = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(&probe));
+    probe
+}
+
+/// This thread's probe (registered on first use).
+pub(crate) fn current() -> Arc<Probe> {
+    PROBE.with(Arc::clone)
+}
+
+/// Makes sure this thread's probe exists and returns a pointer to it for the switch path;
+/// called when the thread's greenlet state is created.
+pub(crate) fn init_thread() -> *const Probe {
+    PROBE.with(|p| {
+        let ptr = Arc::as_ptr(p);
+        PROBE_PTR.with(|c| c.set(ptr));
+        ptr
+    })
+}
+
+/// Every live thread's probe.
+pub(crate) fn all() -> Vec<Arc<Probe>> {
+    let all = PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().filter_map(Weak::upgrade).collect()
+}
+
+impl Probe {
+    /// Records a switch to greenlet `id` (the switch path: two relaxed stores; only this
+    /// thread writes them, so load + store is enough).
+    #[inline(always)]
+    pub(crate) fn record_switch(&self, id: u64) {
+        self.switches
+            .store(self.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.running.store(id, Ordering::Relaxed);
+    }
+}
+
+/// Has the monitor asked this thread to yield? (`cooperate()`'s load and branch.)
+#[inline]
+pub(crate) fn preempt_requested() -> bool {
+    let p = PROBE_PTR.with(Cell::get);
+    // SAFETY: PROBE_PTR points into this thread's `PROBE` Arc, which lives as long as the
+    // thread's TLS; it is only set from `init_thread` on this thread.
+    !p.is_null() && unsafe { &*p }.preempt.load(Ordering::Relaxed)
+}
+
+/// Clears this thread's preemption request.
+pub(crate) fn clear_preempt() {
+    let p = PROBE_PTR.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: as in `preempt_requested`.
+        unsafe { &*p }.preempt.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The running greenlet's identity, copied without allocating: safe to call from a
+/// signal handler on this thread.
+pub(crate) struct Identity {
+    pub(crate) id: u64,
+    pub(crate) name: [u8; 64],
+    pub(crate) name_len: usize,
+    pub(crate) spawned_at: Option<&'static Location<'static>>,
+}

@@ -1,0 +1,255 @@
+//! `dump()`: every greenlet on every hub, as a tree (gevent's `format_run_info`, Go's
+//! goroutine dump), and `install_dump_signal()` to print it on SIGQUIT.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Direction, Hub, HubHandle, Task, WaitOn, current_hub};
+use crate::greenlet::{Greenlet, getcurrent};
+
+/// Every hub's thread name and handle, so any thread can ask each hub for its part.
+static HUBS: Mutex<Vec<(String, HubHandle)>> = Mutex::new(Vec::new());
+
+pub(crate) fn register_hub(handle: HubHandle) {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_string();
+    HUBS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((name, handle));
+}
+
+/// A readable tree of every greenlet on every hub: id, name, state, what it waits on
+/// (fd and direction, timer, join, queue, thread), where it was spawned, and how often and
+/// how long it has run. Greenlets are shown under their parents (main → hub → spawned).
+///
+/// Other hubs answer from their own threads; a hub that does not answer within a second
+/// (because a greenlet is hogging it) is listed as such.
+///
+/// ```
+/// let h = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_secs(10)));
+/// greenhub::sleep(std::time::Duration::ZERO);
+/// let text = greenhub::hub::dump();
+/// assert!(text.contains(&format!("#{}: waiting on a timer", h.id())), "{text}");
+/// h.kill();
+/// ```
+pub fn dump() -> String {
+    let here = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_string();
+    let mine = super::HUB.with(|cell| cell.get().map(|hub| (hub.remote.clone(), format_hub(hub))));
+    let hubs: Vec<(String, HubHandle)> = HUBS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut out = String::new();
+    if let Some((_, text)) = &mine {
+        out.push_str(text);
+    }
+    for (name, handle) in hubs {
+        if mine
+            .as_ref()
+            .is_some_and(|(remote, _)| std::sync::Arc::ptr_eq(remote, &handle.remote))
+        {
+            continue;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        handle.spawn(move || {
+            let _ = tx.send(format_hub(&current_hub()));
+        });
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => {
+                let _ = writeln!(
+                    out,
+                    "hub on thread '{name}': no answer within 1 s (gone, or a greenlet is hogging it)"
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        let _ = writeln!(out, "no hub has been started (asked from thread '{here}')");
+    }
+    out
+}
+
+fn format_hub(hub: &Rc<Hub>) -> String {
+    let tasks: Vec<Rc<Task>> = hub
+        .all_tasks
+        .borrow()
+        .iter()
+        .filter_map(std::rc::Weak::upgrade)
+        .collect();
+    let ready: Vec<u64> = hub.ready.borrow().iter().map(|t| t.greenlet.id()).collect();
+    let current = getcurrent();
+    let mut by_parent: HashMap<u64, Vec<Greenlet>> = HashMap::new();
+    let mut task_of: HashMap<u64, &Rc<Task>> = HashMap::new();
+    for t in &tasks {
+        if t.greenlet.is_dead() {
+            continue;
+        }
+        task_of.insert(t.greenlet.id(), t);
+        if let Some(p) = t.greenlet.parent() {
+            by_parent
+                .entry(p.id())
+                .or_default()
+                .push(t.greenlet.clone());
+        }
+    }
+    if let Some(p) = hub.greenlet.parent() {
+        by_parent
+            .entry(p.id())
+            .or_default()
+            .push(hub.greenlet.clone());
+    }
+    for children in by_parent.values_mut() {
+        children.sort_by_key(Greenlet::id);
+        children.dedup_by_key(|g| g.id());
+    }
+    let thread = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_string();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "hub on thread '{thread}': {} greenlets, {} ready, {} timers, {} waiting on I/O",
+        task_of.len() + 1,
+        ready.len(),
+        hub.timers.borrow().len(),
+        hub.io.waiting()
+    );
+    let line = |g: &Greenlet, depth: usize, out: &mut String| {
+        let name = g.name().map(|n| format!(" \"{n}\"")).unwrap_or_default();
+        let state = if *g == current {
+            "running".to_string()
+        } else if *g == hub.greenlet {
+            "the hub's event loop".to_string()
+        } else if !g.is_started() && ready.contains(&g.id()) {
+            "ready to start".to_string()
+        } else if ready.contains(&g.id()) {
+            "ready".to_string()
+        } else {
+            match task_of.get(&g.id()) {
+                Some(t) if t.waiting.get() != 0 => {
+                    format!("waiting on {}", describe(t.waiting_on.get()))
+                }
+                _ if !g.is_started() => "not started".to_string(),
+                _ => "suspended by a plain switch".to_string(),
+            }
+        };
+        let at = g
+            .spawned_at()
+            .map(|l| format!(", spawned at {l}"))
+            .unwrap_or_default();
+        let acct = task_of
+            .get(&g.id())
+            .map(|t| {
+                format!(
+                    " [ran {} times, {:.3} ms]",
+                    t.runs.get(),
+                    t.run_time.get().as_secs_f64() * 1e3
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:indent$}#{}{name}: {state}{at}{acct}",
+            "",
+            g.id(),
+            indent = 2 + 2 * depth
+        );
+    };
+    // Depth-first from the main greenlet.
+    let mut stack = vec![(hub.main.clone(), 0)];
+    while let Some((g, depth)) = stack.pop() {
+        line(&g, depth, &mut out);
+        if let Some(children) = by_parent.get(&g.id()) {
+            for c in children.iter().rev() {
+                stack.push((c.clone(), depth + 1));
+            }
+        }
+    }
+    out
+}
+
+fn describe(what: WaitOn) -> String {
+    match what {
+        WaitOn::Nothing => "nothing".into(),
+        WaitOn::Timer => "a timer".into(),
+        WaitOn::Io { fd, direction } => {
+            let dir = match direction {
+                Direction::Read => "readable",
+                Direction::Write => "writable",
+            };
+            if fd >= 0 {
+                format!("fd {fd} to be {dir}")
+            } else {
+                format!("a socket to be {dir}")
+            }
+        }
+        WaitOn::Join => "another greenlet to finish".into(),
+        WaitOn::Sync(kind) => format!("a {kind}"),
+        WaitOn::Thread => "a result from another thread".into(),
+        WaitOn::Turn => "its turn (yielded)".into(),
+    }
+}
+
+/// Prints [`dump()`] to stderr whenever the process gets SIGQUIT (Ctrl-\), like a Go
+/// program's goroutine dump. Opt-in; call once. A watcher thread does the printing, so
+/// the signal handler itself only writes one byte to a pipe.
+///
+/// # Errors
+/// If the pipe, the signal handler or the watcher thread cannot be set up.
+pub fn install_dump_signal() -> std::io::Result<()> {
+    static WRITE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+
+    extern "C" fn on_sigquit(_: libc::c_int) {
+        let fd = WRITE_FD.load(std::sync::atomic::Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: write(2) is async-signal-safe; the byte lives on this stack.
+            unsafe {
+                libc::write(fd, b"q".as_ptr().cast(), 1);
+            }
+        }
+    }
+
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array we pass.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            result = Err(std::io::Error::last_os_error());
+            return;
+        }
+        let read_fd = fds[0];
+        WRITE_FD.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        let watcher = std::thread::Builder::new()
+            .name("greenhub-dump".into())
+            .spawn(move || {
+                let mut byte = 0u8;
+                // SAFETY: reads one byte into a local from the pipe we own.
+                while unsafe { libc::read(read_fd, (&mut byte as *mut u8).cast(), 1) } == 1 {
+                    eprintln!("{}", dump());
+                }
+            });
+        if let Err(e) = watcher {
+            result = Err(e);
+            return;
+        }
+        // SAFETY: installs a handler that only calls write(2).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigquit as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGQUIT, &action, std::ptr::null_mut()) != 0 {
+                result = Err(std::io::Error::last_os_error());
+            }
+        }
+    });
+    result
+}

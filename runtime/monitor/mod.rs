@@ -1,0 +1,271 @@
+//! Blocking detection: a watchdog thread that notices a greenlet running too long without
+//! switching — while it still runs — and reports which greenlet it is, for how long, what
+//! the thread is doing (on the CPU or in which system call), and its live stack.
+//!
+//! One monitor thread per process watches every thread's [probe](crate::greenlet): a switch
+//! counter and the running greenlet's id, published with relaxed atomics on every switch.
+//! When the counter of a thread with a hub has not moved for `max_blocking_time` (default
+//! 100 ms) and the running greenlet is not the hub itself (an idle hub waits in
+//! `epoll_wait`, which is fine), the monitor sends the thread a signal; the handler records
+//! the return addresses of the running stack into a preallocated buffer, and the monitor
+//! symbolizes them on its own thread. One report per blocking episode, and a closing line
+//! with the measured total when the greenlet finally yields.
+//!
+//! Configure in code with [`configure`] or with `GREENHUB_MAX_BLOCKING_TIME` (`250ms`,
+//! `1s`, `off`), read when the first hub starts. Reports go to stderr and to the callback.
+//!
+//! The monitor also drives time slices: when a greenlet has run `time_slice` (default
+//! 10 ms) without switching, it asks the thread to yield at the next
+//! [`cooperate()`](crate::cooperate).
+//!
+//! This layer sits below the hub (it needs only the greenlet probe), so that the hub can
+//! start it when the first hub is created.
+
+mod capture;
+mod report;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::greenlet::probe::{self, Probe};
+
+pub use report::{BlockReport, Frame, ThreadActivity};
+
+/// The default `max_blocking_time`.
+pub const DEFAULT_MAX_BLOCKING_TIME: Duration = Duration::from_millis(100);
+/// The default time slice after which `cooperate()` yields.
+pub const DEFAULT_TIME_SLICE: Duration = Duration::from_millis(10);
+
+/// A callback that receives every report (blocking and closing lines) on the monitor thread.
+pub type Callback = Arc<dyn Fn(&BlockReport) + Send + Sync>;
+
+/// The monitor's settings; see [`configure`].
+#[derive(Clone)]
+pub struct Config {
+    /// Report a greenlet that runs this long without switching; `None` turns reports off.
+    pub max_blocking_time: Option<Duration>,
+    /// After this long without switching, `cooperate()` yields.
+    pub time_slice: Duration,
+    /// Print reports on stderr (default true).
+    pub stderr: bool,
+    /// Also hand each report to this callback. A callback that panics is reported and kept
+    /// (the monitor survives it).
+    pub callback: Option<Callback>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_blocking_time: Some(DEFAULT_MAX_BLOCKING_TIME),
+            time_slice: DEFAULT_TIME_SLICE,
+            stderr: true,
+            callback: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("max_blocking_time", &self.max_blocking_time)
+            .field("time_slice", &self.time_slice)
+            .field("stderr", &self.stderr)
+            .field(
+                "callback",
+                &self.callback.as_ref().map(|_| "Fn(&BlockReport)"),
+            )
+            .finish()
+    }
+}
+
+struct Monitor {
+    config: Mutex<Config>,
+    /// Bumped by `configure` so the watchdog re-reads the settings.
+    generation: AtomicU64,
+}
+
+fn monitor() -> &'static Monitor {
+    static MONITOR: OnceLock<Monitor> = OnceLock::new();
+    MONITOR.get_or_init(|| Monitor {
+        config: Mutex::new(Config {
+            max_blocking_time: max_blocking_time_from_env(),
+            ..Config::default()
+        }),
+        generation: AtomicU64::new(0),
+    })
+}
+
+/// Parses `GREENHUB_MAX_BLOCKING_TIME`: `off`/`0`, or a number with `ms`, `s` or `us`.
+fn max_blocking_time_from_env() -> Option<Duration> {
+    match std::env::var("GREENHUB_MAX_BLOCKING_TIME") {
+        Ok(v) => parse_duration(&v).unwrap_or_else(|| {
+            eprintln!("greenhub: GREENHUB_MAX_BLOCKING_TIME={v:?} not understood; using 100ms");
+            Some(DEFAULT_MAX_BLOCKING_TIME)
+        }),
+        Err(_) => Some(DEFAULT_MAX_BLOCKING_TIME),
+    }
+}
+
+/// `Some(None)` for off, `Some(Some(d))` for a duration, `None` if unparsable.
+fn parse_duration(v: &str) -> Option<Option<Duration>> {
+    let v = v.trim().to_ascii_lowercase();
+    if v == "off" || v == "0" || v == "none" {
+        return Some(None);
+    }
+    let (num, unit) = v.split_at(
+        v.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(v.len()),
+    );
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" | "" => n / 1e3,
+        "s" => n,
+        "us" => n / 1e6,
+        _ => return None,
+    };
+    Some((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+}
+
+/// Replaces the monitor's settings (and starts the monitor thread if it is not running).
+///
+/// ```
+/// use std::time::Duration;
+/// use greenhub::monitor::{self, Config};
+/// monitor::configure(Config { max_blocking_time: Some(Duration::from_millis(250)), ..Config::default() });
+/// assert_eq!(monitor::config().max_blocking_time, Some(Duration::from_millis(250)));
+/// ```
+pub fn configure(config: Config) {
+    *monitor().config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    monitor().generation.fetch_add(1, Ordering::Relaxed);
+    start();
+}
+
+/// The current settings.
+pub fn config() -> Config {
+    monitor()
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// Starts the monitor thread once per process (the hub calls this when it is created).
+pub(crate) fn start() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    capture::install_handler();
+    let spawned = std::thread::Builder::new()
+        .name("greenhub-monitor".into())
+        .spawn(watch);
+    if let Err(e) = spawned {
+        eprintln!("greenhub: cannot start the monitor thread: {e}");
+    }
+}
+
+/// What the watchdog remembers about one thread.
+struct Watch {
+    probe: Arc<Probe>,
+    switches: u64,
+    since: Instant,
+    reported: Option<report::Episode>,
+    preempt_asked: bool,
+}
+
+fn watch() {
+    let mut watches: Vec<Watch> = Vec::new();
+    let mut generation = u64::MAX;
+    let mut config = Config::default();
+    loop {
+        if monitor().generation.load(Ordering::Relaxed) != generation {
+            generation = monitor().generation.load(Ordering::Relaxed);
+            config = self::config();
+        }
+        let tick = tick_for(&config);
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        refresh(&mut watches, now);
+        for w in &mut watches {
+            let hub = w.probe.hub_greenlet.load(Ordering::Relaxed);
+            let switches = w.probe.switches.load(Ordering::Relaxed);
+            let running = w.probe.running.load(Ordering::Relaxed);
+            if switches != w.switches || hub == 0 || running == hub {
+                if let Some(episode) = w.reported.take() {
+                    report::deliver(&config, &episode.closing(now));
+                }
+                w.switches = switches;
+                w.since = now;
+                w.preempt_asked = false;
+                continue;
+            }
+            let ran = now - w.since;
+            if !w.preempt_asked && ran >= config.time_slice {
+                w.probe.preempt.store(true, Ordering::Relaxed);
+                w.preempt_asked = true;
+            }
+            if let Some(limit) = config.max_blocking_time
+                && w.reported.is_none()
+                && ran >= limit
+            {
+                let episode = report::Episode::capture(&w.probe, running, w.since, now);
+                report::deliver(&config, &episode.report);
+                w.reported = Some(episode);
+            }
+        }
+    }
+}
+
+/// How often the watchdog looks: a tenth of the threshold (for detection within 10%),
+/// half a time slice, between 1 and 50 ms.
+fn tick_for(config: &Config) -> Duration {
+    let by_limit = config
+        .max_blocking_time
+        .map_or(Duration::from_millis(50), |d| d / 10);
+    by_limit
+        .min(config.time_slice / 2)
+        .clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
+
+/// Adds watches for new threads and drops those of exited ones.
+fn refresh(watches: &mut Vec<Watch>, now: Instant) {
+    let probes = probe::all();
+    watches.retain(|w| probes.iter().any(|p| Arc::ptr_eq(p, &w.probe)));
+    for p in probes {
+        if !watches.iter().any(|w| Arc::ptr_eq(&w.probe, &p)) {
+            watches.push(Watch {
+                switches: p.switches.load(Ordering::Relaxed),
+                probe: p,
+                since: now,
+                reported: None,
+                preempt_asked: false,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_off() {
+        assert_eq!(
+            parse_duration("250ms"),
+            Some(Some(Duration::from_millis(250)))
+        );
+        assert_eq!(parse_duration("1s"), Some(Some(Duration::from_secs(1))));
+        assert_eq!(
+            parse_duration("1.5s"),
+            Some(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            parse_duration("300"),
+            Some(Some(Duration::from_millis(300)))
+        );
+        assert_eq!(parse_duration("off"), Some(None));
+        assert_eq!(parse_duration("0"), Some(None));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}
