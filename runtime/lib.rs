@@ -21,8 +21,9 @@
 //! assert_eq!(joinall(&jobs, Some(Duration::from_secs(2))), 3);
 //! ```
 //!
-//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`monitor`]
-//! <- [`hub`] <- [`time`], [`threadpool`].
+//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`hub`] <-
+//! [`time`], [`threadpool`], [`net`] (cooperative `std::net` twins and `StreamServer`),
+//! [`sync`] (events, queues, locks, greenlet-local data) <- [`pool`] (`Group`, `Pool`).
 
 mod error;
 pub mod greenlet;

@@ -1,6 +1,8 @@
-//! The per-thread probe the monitor reads: a switch counter and the running greenlet's id,
-//! published with relaxed atomics on every switch (no locks on the switch path), plus a
-//! preemption request the monitor sets and [`cooperate`](crate::cooperate) checks.
+//! The per-thread probe the monitor reads: a switch counter, bumped with one relaxed store
+//! on every switch (no locks, no read-modify-write on the switch path), whether the hub is
+//! idle in `epoll_wait`, and a preemption request the monitor sets and
+//! [`cooperate`](crate::cooperate) checks. Which greenlet is running is read by the
+//! monitor's signal handler on the thread itself, when there is something to report.
 
 use std::cell::Cell;
 use std::panic::Location;
@@ -11,14 +13,13 @@ use std::sync::{Arc, Mutex, Weak};
 pub struct Probe {
     /// Switches made on this thread so far.
     pub(crate) switches: AtomicU64,
-    /// The id of the running greenlet.
-    pub(crate) running: AtomicU64,
     /// Set by the monitor: the running greenlet has used up its time slice; cleared by
     /// `cooperate()` when it yields.
     pub(crate) preempt: AtomicBool,
-    /// The id of this thread's hub greenlet, 0 if the thread has no hub. While the hub
-    /// greenlet runs, the thread is idle (waiting for events), not blocked.
-    pub(crate) hub_greenlet: AtomicU64,
+    /// Does this thread have a hub? (Only hub threads are watched.)
+    pub(crate) has_hub: AtomicBool,
+    /// Is the hub waiting for events (`epoll_wait`)? Then the thread is idle, not blocked.
+    pub(crate) idle: AtomicBool,
     /// Kernel thread id, for `/proc/self/task/<tid>` and signals.
     pub(crate) tid: libc::pid_t,
     /// The thread's name (or `<unnamed>`).
@@ -26,6 +27,15 @@ pub struct Probe {
 }
 
 static PROBES: Mutex<Vec<Weak<Probe>>> = Mutex::new(Vec::new());
+
+/// Do threads whose greenlet state is created from now on publish a probe? Cleared when
+/// the monitor is configured fully off (no reports, no time slices).
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Turns probes on or off for threads that start using greenlets from now on.
+pub(crate) fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
 
 thread_local! {
     static PROBE: Arc<Probe> = register();
@@ -38,9 +48,9 @@ fn register() -> Arc<Probe> {
     let tid = unsafe { libc::gettid() };
     let probe = Arc::new(Probe {
         switches: AtomicU64::new(0),
-        running: AtomicU64::new(0),
         preempt: AtomicBool::new(false),
-        hub_greenlet: AtomicU64::new(0),
+        has_hub: AtomicBool::new(false),
+        idle: AtomicBool::new(false),
         tid,
         thread_name: std::thread::current()
             .name()
@@ -53,14 +63,18 @@ fn register() -> Arc<Probe> {
     probe
 }
 
-/// This thread's probe (registered on first use).
-pub(crate) fn current() -> Arc<Probe> {
-    PROBE.with(Arc::clone)
+/// This thread's probe, if it publishes one.
+pub(crate) fn current() -> Option<Arc<Probe>> {
+    let p = PROBE_PTR.with(Cell::get);
+    (!p.is_null()).then(|| PROBE.with(Arc::clone))
 }
 
-/// Makes sure this thread's probe exists and returns a pointer to it for the switch path;
-/// called when the thread's greenlet state is created.
+/// Creates this thread's probe, if probes are on, and returns a pointer to it for the
+/// switch path (null when off); called when the thread's greenlet state is created.
 pub(crate) fn init_thread() -> *const Probe {
+    if !RECORDING.load(Ordering::Relaxed) {
+        return std::ptr::null();
+    }
     PROBE.with(|p| {
         let ptr = Arc::as_ptr(p);
         PROBE_PTR.with(|c| c.set(ptr));
@@ -75,13 +89,12 @@ pub(crate) fn all() -> Vec<Arc<Probe>> {
 }
 
 impl Probe {
-    /// Records a switch to greenlet `id` (the switch path: two relaxed stores; only this
-    /// thread writes them, so load + store is enough).
+    /// Records a switch (the switch path: one relaxed store; only this thread writes the
+    /// counter, so load + store is enough).
     #[inline(always)]
-    pub(crate) fn record_switch(&self, id: u64) {
-        self.switches
-            .store(self.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        self.running.store(id, Ordering::Relaxed);
+    pub(crate) fn record_switch(&self) {
+        let n = self.switches.load(Ordering::Relaxed);
+        self.switches.store(n + 1, Ordering::Relaxed);
     }
 }
 

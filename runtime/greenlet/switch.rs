@@ -184,10 +184,9 @@ impl Hot {
         self.current.set(p);
         let probe = self.probe.get();
         if !probe.is_null() {
-            // SAFETY: `p` is the greenlet about to run, alive by the `current` invariant;
-            // `probe` points into this thread's probe `Arc`, kept by `probe::PROBE` for
-            // the life of the thread.
-            unsafe { (*probe).record_switch((*p).id) };
+            // SAFETY: `probe` points into this thread's probe `Arc`, kept by `probe::PROBE`
+            // for the life of the thread.
+            unsafe { (*probe).record_switch() };
         }
     }
 

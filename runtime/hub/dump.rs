@@ -82,7 +82,13 @@ fn format_hub(hub: &Rc<Hub>) -> String {
         .iter()
         .filter_map(std::rc::Weak::upgrade)
         .collect();
-    let ready: Vec<u64> = hub.ready.borrow().iter().map(|t| t.greenlet.id()).collect();
+    let ready: Vec<u64> = hub
+        .ready
+        .borrow()
+        .iter()
+        .chain(hub.yielded.borrow().iter())
+        .map(|t| t.greenlet.id())
+        .collect();
     let current = getcurrent();
     let mut by_parent: HashMap<u64, Vec<Greenlet>> = HashMap::new();
     let mut task_of: HashMap<u64, &Rc<Task>> = HashMap::new();

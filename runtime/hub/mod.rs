@@ -46,12 +46,17 @@ const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 pub(crate) struct Hub {
     greenlet: Greenlet,
     main: Greenlet,
+    /// Greenlets to run: spawned, or woken by I/O, a timer or another greenlet.
     ready: RefCell<VecDeque<Rc<Task>>>,
+    /// Greenlets that yielded (`sleep(0)`, `cooperate()`): they run after the woken ones.
+    yielded: RefCell<VecDeque<Rc<Task>>>,
     timers: RefCell<Timers<Waiter>>,
     poll: RefCell<mio::Poll>,
     events: RefCell<mio::Events>,
     io: io::IoTable,
     remote: Arc<remote::Remote>,
+    /// This thread's monitor probe (none when the monitor is off).
+    probe: Option<Arc<crate::greenlet::probe::Probe>>,
     external: remote::ExternalWaits,
     /// The spawned task the hub last switched into.
     running: RefCell<Option<Rc<Task>>>,
@@ -98,19 +103,24 @@ impl Hub {
             .build(|_| -> Result<(), Error> { current_hub().run() });
         let remote = Arc::new(remote::Remote::new(waker));
         dump::register_hub(HubHandle::new(remote.clone()));
-        crate::greenlet::probe::current()
-            .hub_greenlet
-            .store(greenlet.id(), std::sync::atomic::Ordering::Relaxed);
+        let probe = crate::greenlet::probe::current();
+        if let Some(probe) = &probe {
+            probe
+                .has_hub
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         crate::monitor::start();
         Rc::new(Hub {
             greenlet,
             main,
             ready: RefCell::new(VecDeque::new()),
+            yielded: RefCell::new(VecDeque::new()),
             timers: RefCell::new(Timers::new()),
             poll: RefCell::new(poll),
             events: RefCell::new(mio::Events::with_capacity(1024)),
             io: io::IoTable::default(),
             remote,
+            probe,
             external: remote::ExternalWaits::default(),
             running: RefCell::new(None),
             others: RefCell::new(HashMap::new()),
@@ -179,6 +189,11 @@ impl Hub {
     /// Puts a task at the back of the ready queue.
     pub(crate) fn schedule(&self, task: Rc<Task>) {
         self.ready.borrow_mut().push_back(task);
+    }
+
+    /// Puts a task that yielded at the back of the yielded queue.
+    fn schedule_yielded(&self, task: Rc<Task>) {
+        self.yielded.borrow_mut().push_back(task);
     }
 
     /// Parks the running greenlet until `waiter` is woken or `deadline` (the operation's
@@ -273,7 +288,7 @@ impl Hub {
         loop {
             self.run_ready();
             self.remote.drain(self);
-            let timeout = if !self.ready.borrow().is_empty() {
+            let timeout = if !self.ready.borrow().is_empty() || !self.yielded.borrow().is_empty() {
                 if self.io.waiting() == 0 {
                     // No greenlet waits on an fd, so there is nothing to poll for
                     // (cross-thread work is drained above): skip the epoll_wait syscall.
@@ -294,40 +309,66 @@ impl Hub {
         }
     }
 
-    /// Runs each greenlet that is ready now once (those made ready meanwhile wait for the
-    /// next round, after I/O has been polled).
+    /// Runs each greenlet that is ready now once: first those woken (by I/O, timers,
+    /// other greenlets), then those that yielded; greenlets made ready meanwhile wait for
+    /// the next round, after I/O has been polled and timers fired. A round that has run
+    /// for `ROUND_BUDGET` ends early (the rest keep their places), so that a timer or
+    /// socket never waits behind more than one time slice of cooperating CPU hogs.
     fn run_ready(&self) {
-        let n = self.ready.borrow().len();
-        for _ in 0..n {
-            let Some(task) = self.ready.borrow_mut().pop_front() else {
-                break;
-            };
-            if task.greenlet.is_dead() {
-                continue;
-            }
-            *self.running.borrow_mut() = Some(task.clone());
-            let started = Instant::now();
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
-            task.runs.set(task.runs.get() + 1);
-            task.run_time.set(task.run_time.get() + started.elapsed());
-            *self.running.borrow_mut() = None;
-            if let Err(payload) = outcome {
-                // A plain greenlet whose parent is the hub panicked (spawned ones report
-                // their own panics): report it and carry on.
-                let msg = crate::error::panic_payload_str(payload.as_ref())
-                    .unwrap_or("<non-string payload>");
-                eprintln!(
-                    "greenhub: greenlet #{} failed in the hub: {msg}",
-                    task.greenlet.id()
-                );
+        const ROUND_BUDGET: Duration = Duration::from_millis(2);
+        let round_start = Instant::now();
+        let woken = self.ready.borrow().len();
+        let yielded = self.yielded.borrow().len();
+        let queues = [(&self.ready, woken), (&self.yielded, yielded)];
+        for (queue, n) in queues {
+            for _ in 0..n {
+                let Some(task) = queue.borrow_mut().pop_front() else {
+                    break;
+                };
+                if self.run_task(&task) - round_start >= ROUND_BUDGET {
+                    return;
+                }
             }
         }
     }
 
+    /// Switches into `task` until it switches back; returns the time it did.
+    fn run_task(&self, task: &Rc<Task>) -> Instant {
+        let started = Instant::now();
+        if task.greenlet.is_dead() {
+            return started;
+        }
+        *self.running.borrow_mut() = Some(task.clone());
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
+        let ended = Instant::now();
+        task.runs.set(task.runs.get() + 1);
+        task.run_time.set(task.run_time.get() + (ended - started));
+        *self.running.borrow_mut() = None;
+        if let Err(payload) = outcome {
+            // A plain greenlet whose parent is the hub panicked (spawned ones report
+            // their own panics): report it and carry on.
+            let msg =
+                crate::error::panic_payload_str(payload.as_ref()).unwrap_or("<non-string payload>");
+            eprintln!(
+                "greenhub: greenlet #{} failed in the hub: {msg}",
+                task.greenlet.id()
+            );
+        }
+        ended
+    }
+
     fn poll_io(&self, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
-        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout)
+        let idle = |on: bool| {
+            if let Some(p) = &self.probe {
+                p.idle.store(on, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        idle(true);
+        let polled = self.poll.borrow_mut().poll(&mut events, timeout);
+        idle(false);
+        if let Err(e) = polled
             && e.kind() != std::io::ErrorKind::Interrupted
         {
             panic!("greenhub: epoll_wait failed: {e}");
@@ -400,7 +441,9 @@ pub(crate) fn sleep_until(deadline: Instant) -> Result<(), Error> {
 pub(crate) fn yield_now() -> Result<(), Error> {
     let hub = current_hub();
     let waiter = hub.begin_wait_on(WaitOn::Turn);
-    waiter.wake(Wake::Ready);
+    waiter.task.waiting.set(0);
+    waiter.task.wake.set(Wake::Ready);
+    hub.schedule_yielded(waiter.task.clone());
     hub.park(&waiter, None).map(|_| ())
 }
 

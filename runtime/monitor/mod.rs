@@ -2,13 +2,13 @@
 //! switching — while it still runs — and reports which greenlet it is, for how long, what
 //! the thread is doing (on the CPU or in which system call), and its live stack.
 //!
-//! One monitor thread per process watches every thread's [probe](crate::greenlet): a switch
-//! counter and the running greenlet's id, published with relaxed atomics on every switch.
-//! When the counter of a thread with a hub has not moved for `max_blocking_time` (default
-//! 100 ms) and the running greenlet is not the hub itself (an idle hub waits in
-//! `epoll_wait`, which is fine), the monitor sends the thread a signal; the handler records
-//! the return addresses of the running stack into a preallocated buffer, and the monitor
-//! symbolizes them on its own thread. One report per blocking episode, and a closing line
+//! One monitor thread per process watches every thread's probe: a switch counter bumped
+//! with a relaxed store on every switch, and an idle flag the hub sets around
+//! `epoll_wait`. When the counter of a thread with a hub has not moved for
+//! `max_blocking_time` (default 100 ms) and the hub is not idle, the monitor sends the
+//! thread a signal; the handler records the return addresses of the running stack and the
+//! running greenlet's id and name into a preallocated buffer, and the monitor symbolizes
+//! them on its own thread. One report per blocking episode, and a closing line
 //! with the measured total when the greenlet finally yields.
 //!
 //! Configure in code with [`configure`] or with `GREENHUB_MAX_BLOCKING_TIME` (`250ms`,
@@ -45,8 +45,9 @@ pub type Callback = Arc<dyn Fn(&BlockReport) + Send + Sync>;
 pub struct Config {
     /// Report a greenlet that runs this long without switching; `None` turns reports off.
     pub max_blocking_time: Option<Duration>,
-    /// After this long without switching, `cooperate()` yields.
-    pub time_slice: Duration,
+    /// After this long without switching, `cooperate()` yields; `None` turns time slices
+    /// off (`cooperate()` then never yields).
+    pub time_slice: Option<Duration>,
     /// Print reports on stderr (default true).
     pub stderr: bool,
     /// Also hand each report to this callback. A callback that panics is reported and kept
@@ -58,7 +59,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_blocking_time: Some(DEFAULT_MAX_BLOCKING_TIME),
-            time_slice: DEFAULT_TIME_SLICE,
+            time_slice: Some(DEFAULT_TIME_SLICE),
             stderr: true,
             callback: None,
         }
@@ -129,6 +130,10 @@ fn parse_duration(v: &str) -> Option<Option<Duration>> {
 
 /// Replaces the monitor's settings (and starts the monitor thread if it is not running).
 ///
+/// With both `max_blocking_time` and `time_slice` set to `None` the monitor is off:
+/// threads that start using greenlets afterwards publish no probe at all (their switches
+/// do not even store the counter). Threads already running keep their probes.
+///
 /// ```
 /// use std::time::Duration;
 /// use greenhub::monitor::{self, Config};
@@ -136,6 +141,7 @@ fn parse_duration(v: &str) -> Option<Option<Duration>> {
 /// assert_eq!(monitor::config().max_blocking_time, Some(Duration::from_millis(250)));
 /// ```
 pub fn configure(config: Config) {
+    probe::set_recording(config.max_blocking_time.is_some() || config.time_slice.is_some());
     *monitor().config.lock().unwrap_or_else(|e| e.into_inner()) = config;
     monitor().generation.fetch_add(1, Ordering::Relaxed);
     start();
@@ -175,6 +181,12 @@ struct Watch {
 }
 
 fn watch() {
+    // Load the debug info now (resolving our own stack touches the binary's and std's
+    // units), so that the first report is not late by the time that takes.
+    backtrace::trace(|frame| {
+        backtrace::resolve_frame(frame, |_| {});
+        true
+    });
     let mut watches: Vec<Watch> = Vec::new();
     let mut generation = u64::MAX;
     let mut config = Config::default();
@@ -188,10 +200,10 @@ fn watch() {
         let now = Instant::now();
         refresh(&mut watches, now);
         for w in &mut watches {
-            let hub = w.probe.hub_greenlet.load(Ordering::Relaxed);
             let switches = w.probe.switches.load(Ordering::Relaxed);
-            let running = w.probe.running.load(Ordering::Relaxed);
-            if switches != w.switches || hub == 0 || running == hub {
+            let watched =
+                w.probe.has_hub.load(Ordering::Relaxed) && !w.probe.idle.load(Ordering::Relaxed);
+            if switches != w.switches || !watched {
                 if let Some(episode) = w.reported.take() {
                     report::deliver(&config, &episode.closing(now));
                 }
@@ -201,7 +213,7 @@ fn watch() {
                 continue;
             }
             let ran = now - w.since;
-            if !w.preempt_asked && ran >= config.time_slice {
+            if !w.preempt_asked && config.time_slice.is_some_and(|slice| ran >= slice) {
                 w.probe.preempt.store(true, Ordering::Relaxed);
                 w.preempt_asked = true;
             }
@@ -209,7 +221,7 @@ fn watch() {
                 && w.reported.is_none()
                 && ran >= limit
             {
-                let episode = report::Episode::capture(&w.probe, running, w.since, now);
+                let episode = report::Episode::capture(&w.probe, w.since, now);
                 report::deliver(&config, &episode.report);
                 w.reported = Some(episode);
             }
@@ -217,14 +229,17 @@ fn watch() {
     }
 }
 
-/// How often the watchdog looks: a tenth of the threshold (for detection within 10%),
-/// half a time slice, between 1 and 50 ms.
+/// How often the watchdog looks: a tenth of the threshold (for detection within 10%) and
+/// a fifth of a time slice (so a slice overruns by at most 20%), between 1 and 50 ms.
 fn tick_for(config: &Config) -> Duration {
     let by_limit = config
         .max_blocking_time
         .map_or(Duration::from_millis(50), |d| d / 10);
+    let by_slice = config
+        .time_slice
+        .map_or(Duration::from_millis(50), |d| d / 5);
     by_limit
-        .min(config.time_slice / 2)
+        .min(by_slice)
         .clamp(Duration::from_millis(1), Duration::from_millis(50))
 }
 

@@ -40,7 +40,7 @@ pub struct Frame {
 pub struct BlockReport {
     /// The blocked hub thread's name.
     pub thread_name: String,
-    /// The running greenlet's id.
+    /// The running greenlet's id (0 if the thread did not answer the monitor's signal).
     pub greenlet_id: u64,
     /// Its name, if it has one.
     pub greenlet_name: Option<String>,
@@ -91,13 +91,27 @@ impl fmt::Display for BlockReport {
             self.thread_name,
             self.blocked_for.as_millis()
         )?;
-        for (i, fr) in self.stack.iter().enumerate() {
+        // The greenlet's own frames end where corosensei's coroutine entry begins; below
+        // it is the resume chain (the hub, the main greenlet), rarely of interest.
+        let own = self
+            .stack
+            .iter()
+            .position(|fr| fr.function.starts_with("corosensei::"))
+            .unwrap_or(self.stack.len());
+        for (i, fr) in self.stack[..own].iter().enumerate() {
             match (&fr.file, fr.line) {
                 (Some(file), Some(line)) => {
                     writeln!(f, "  {i:>3}: {}\n           at {file}:{line}", fr.function)?
                 }
                 _ => writeln!(f, "  {i:>3}: {}", fr.function)?,
             }
+        }
+        if own < self.stack.len() {
+            writeln!(
+                f,
+                "       ... {} more frames: the coroutine entry and the resume chain below it",
+                self.stack.len() - own
+            )?;
         }
         Ok(())
     }
@@ -110,12 +124,7 @@ pub(crate) struct Episode {
 }
 
 impl Episode {
-    pub(crate) fn capture(
-        probe: &Arc<Probe>,
-        running: u64,
-        since: Instant,
-        now: Instant,
-    ) -> Episode {
+    pub(crate) fn capture(probe: &Arc<Probe>, since: Instant, now: Instant) -> Episode {
         let activity = activity(probe.tid);
         let captured = capture::capture(probe, Duration::from_millis(50));
         let (greenlet_id, greenlet_name, spawned_at, stack) = match captured {
@@ -124,13 +133,14 @@ impl Episode {
                 greenlet_id,
                 name,
                 spawned_at,
-            }) if greenlet_id == running => (
+            }) => (
                 greenlet_id,
                 name,
                 spawned_at.map(|l| l.to_string()),
                 symbolize(&ips),
             ),
-            _ => (running, None, None, Vec::new()),
+            // The thread did not answer in time: we know it is blocked, not by whom.
+            None => (0, None, None, Vec::new()),
         };
         Episode {
             report: BlockReport {

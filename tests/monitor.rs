@@ -1,0 +1,220 @@
+//! The blocking monitor: reports while the hog runs, names it, shows its stack; no report
+//! for a greenlet that yields; cooperate() lets kills and timeouts land in CPU loops.
+//!
+//! The monitor's settings are process-wide, so these tests take a lock and each restores
+//! the defaults when done.
+
+use std::hint::black_box;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use greenhub::monitor::{self, BlockReport, Config, ThreadActivity};
+use greenhub::{Error, cooperate, hub, sleep, spawn, with_timeout};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the lock and installs a callback that collects reports.
+fn collecting(threshold: Duration) -> (MutexGuard<'static, ()>, Arc<Mutex<Vec<BlockReport>>>) {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let reports: Arc<Mutex<Vec<BlockReport>>> = Arc::default();
+    let sink = reports.clone();
+    monitor::configure(Config {
+        max_blocking_time: Some(threshold),
+        stderr: true,
+        callback: Some(Arc::new(move |r: &BlockReport| {
+            sink.lock().unwrap().push(r.clone())
+        })),
+        ..Config::default()
+    });
+    (guard, reports)
+}
+
+fn restore() {
+    monitor::configure(Config::default());
+}
+
+fn reports_for(reports: &Mutex<Vec<BlockReport>>, id: u64) -> Vec<BlockReport> {
+    reports
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.greenlet_id == id)
+        .cloned()
+        .collect()
+}
+
+#[inline(never)]
+fn spin_hog_for(d: Duration) -> u64 {
+    let t = Instant::now();
+    let mut x = 0_u64;
+    while t.elapsed() < d {
+        x = black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+    x
+}
+
+#[test]
+fn a_spinning_greenlet_gets_exactly_one_report_with_its_stack() {
+    let (_g, reports) = collecting(Duration::from_millis(50));
+    let hog = hub::Builder::new()
+        .name("spinner")
+        .spawn(|| spin_hog_for(Duration::from_millis(300)));
+    let id = hog.id();
+    hog.join().unwrap();
+    sleep(Duration::from_millis(60)); // let the monitor see the switch and close the episode
+    let mine = reports_for(&reports, id);
+    restore();
+    let open: Vec<_> = mine.iter().filter(|r| !r.finished).collect();
+    assert_eq!(open.len(), 1, "exactly one report per episode: {mine:#?}");
+    let r = open[0];
+    assert_eq!(r.greenlet_name.as_deref(), Some("spinner"));
+    assert!(r.blocked_for >= Duration::from_millis(50), "{r}");
+    assert!(
+        r.blocked_for < Duration::from_millis(300),
+        "reported while it was still running: {r}"
+    );
+    assert!(
+        r.spawned_at
+            .as_deref()
+            .is_some_and(|s| s.contains("monitor.rs")),
+        "{r}"
+    );
+    assert_eq!(r.activity, ThreadActivity::OnCpu, "{r}");
+    assert!(
+        r.stack.iter().any(|f| f.function.contains("spin_hog_for")),
+        "{r}"
+    );
+    let closing: Vec<_> = mine.iter().filter(|r| r.finished).collect();
+    assert_eq!(closing.len(), 1, "{mine:#?}");
+    assert!(
+        closing[0].blocked_for >= Duration::from_millis(250),
+        "{}",
+        closing[0]
+    );
+}
+
+#[test]
+fn a_greenlet_in_a_blocking_syscall_is_reported_as_such() {
+    let (_g, reports) = collecting(Duration::from_millis(50));
+    let hog = spawn(|| std::thread::sleep(Duration::from_millis(250)));
+    let id = hog.id();
+    hog.join().unwrap();
+    let mine = reports_for(&reports, id);
+    restore();
+    let r = mine.iter().find(|r| !r.finished).expect("a report");
+    match &r.activity {
+        ThreadActivity::Syscall { name, .. } => {
+            assert!(name.contains("nanosleep"), "{r}");
+        }
+        other => panic!("expected a system call, got {other:?}: {r}"),
+    }
+}
+
+#[test]
+fn a_greenlet_that_yields_often_is_not_reported() {
+    let (_g, reports) = collecting(Duration::from_millis(50));
+    let polite = spawn(|| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            spin_hog_for(Duration::from_millis(2));
+            sleep(Duration::ZERO);
+        }
+    });
+    let id = polite.id();
+    polite.join().unwrap();
+    let mine = reports_for(&reports, id);
+    restore();
+    assert!(mine.is_empty(), "{mine:#?}");
+}
+
+#[test]
+fn cooperate_lets_a_kill_land_inside_a_cpu_loop() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let hog = spawn(|| -> Result<(), Error> {
+        loop {
+            spin_hog_for(Duration::from_micros(100));
+            cooperate()?;
+        }
+    });
+    sleep(Duration::from_millis(20)); // the hog runs; we get back in at its first cooperate()
+    let t = Instant::now();
+    hog.kill();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(matches!(hog.join(), Err(Error::Killed)));
+}
+
+#[test]
+fn cooperate_lets_a_timeout_land_inside_a_cpu_loop() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Instant::now();
+    let r = with_timeout(Duration::from_millis(30), || -> Result<(), Error> {
+        loop {
+            spin_hog_for(Duration::from_micros(100));
+            cooperate()?;
+        }
+    });
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_panicking_callback_does_not_kill_the_monitor() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sink = seen.clone();
+    monitor::configure(Config {
+        max_blocking_time: Some(Duration::from_millis(40)),
+        callback: Some(Arc::new(move |r: &BlockReport| {
+            if !r.finished {
+                sink.lock().unwrap().push(r.greenlet_id);
+                panic!("callback bug");
+            }
+        })),
+        ..Config::default()
+    });
+    let first = spawn(|| spin_hog_for(Duration::from_millis(150)));
+    let first_id = first.id();
+    first.join().unwrap();
+    sleep(Duration::from_millis(50));
+    let second = spawn(|| spin_hog_for(Duration::from_millis(150)));
+    let second_id = second.id();
+    second.join().unwrap();
+    let got = seen.lock().unwrap().clone();
+    restore();
+    assert!(
+        got.contains(&first_id) && got.contains(&second_id),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn the_environment_variable_turns_reports_off() {
+    if std::env::var_os("GREENHUB_MONITOR_CHILD").is_some() {
+        let hog = spawn(|| spin_hog_for(Duration::from_millis(200)));
+        hog.join().unwrap();
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let run = |setting: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "the_environment_variable_turns_reports_off",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("GREENHUB_MONITOR_CHILD", "1")
+            .env("GREENHUB_MAX_BLOCKING_TIME", setting)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let off = run("off");
+    assert!(!off.contains("greenhub monitor:"), "{off}");
+    let on = run("50ms");
+    assert!(
+        on.contains("has run") && on.contains("spin_hog_for"),
+        "{on}"
+    );
+}
