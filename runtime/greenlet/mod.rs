@@ -431,6 +431,12 @@ pub fn set_default_stack_size(bytes: usize) {
     switch::with_thread(|t| t.default_stack_size.set(bytes.max(MIN_STACK_SIZE)));
 }
 
+/// Gives back the memory of this thread's free stacks that have not been reused since the
+/// previous call (the hub calls it every second).
+pub(crate) fn trim_stack_pool() {
+    switch::with_thread(|t| t.pool.borrow_mut().trim());
+}
+
 /// Configures a greenlet before creating it: name, stack size, parent.
 #[derive(Default)]
 pub struct Builder {

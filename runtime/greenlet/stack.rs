@@ -37,10 +37,12 @@ const HEADER_SIZE: usize = 64;
 const HEADER_MAGIC: u64 = 0x6772_6565_6e68_7562;
 /// Longest greenlet name kept in the header, in bytes.
 const NAME_MAX: usize = 39;
-/// Free stacks per size class kept with their memory ("hot"): between `HOT_LIMIT` and
-/// `HOT_LIMIT + RELEASE_BATCH - 1` of them. Once there are `HOT_LIMIT + RELEASE_BATCH`,
-/// the `RELEASE_BATCH` least recently freed get `MADV_DONTNEED` in one call.
-const HOT_LIMIT: usize = 64;
+/// Free stacks per size class kept with their memory ("hot") at most: past
+/// `HOT_LIMIT + RELEASE_BATCH`, the `RELEASE_BATCH` least recently freed get
+/// `MADV_DONTNEED` in one call. Below it, free stacks are released by [`StackPool::trim`]
+/// once they have stayed unused for a whole trim interval (the hub trims every second),
+/// so a busy server reuses warm stacks and an idle one gives their memory back.
+const HOT_LIMIT: usize = 16_384;
 const RELEASE_BATCH: usize = 64;
 /// Most slots whose guard pages are installed in one call (see `PoolInner::take`).
 const GUARD_BATCH: usize = 64;
@@ -493,9 +495,13 @@ struct SizeClass {
     /// Returned slots, LIFO; `free[..cold]` have had their memory released.
     free: Vec<usize>,
     cold: usize,
+    /// The fewest hot free stacks seen since the last trim: that many went unused.
+    low_water: usize,
 }
 
 struct PoolInner {
+    /// See [`HOT_LIMIT`] (tests lower it).
+    hot_limit: usize,
     mode: GuardMode,
     guard: usize,
     classes: Vec<SizeClass>,
@@ -518,6 +524,7 @@ impl StackPool {
     pub(crate) fn with_mode(mode: GuardMode) -> Self {
         StackPool {
             inner: Rc::new(RefCell::new(PoolInner {
+                hot_limit: HOT_LIMIT,
                 mode,
                 guard: page_size(),
                 classes: Vec::new(),
@@ -553,12 +560,17 @@ impl StackPool {
         })
     }
 
-    /// Returns a stack to its pool (the same as dropping it). The most recently
-    /// returned stacks of each size (64 to 127 of them) keep their memory; older free
-    /// stacks get `MADV_DONTNEED` over their usable part, 64 at a time, and stay in the
-    /// free list.
+    /// Returns a stack to its pool (the same as dropping it). Free stacks keep their
+    /// memory until [`trim`](StackPool::trim) finds them unused for a whole interval, or
+    /// more than [`HOT_LIMIT`] of a size are free; then they get `MADV_DONTNEED` over
+    /// their usable part, 64 at a time, and stay in the free list.
     pub fn put(&mut self, stack: Stack) {
         drop(stack);
+    }
+
+    /// Releases the memory of the free stacks that nobody took since the previous trim.
+    pub fn trim(&mut self) {
+        self.inner.borrow_mut().trim();
     }
 
     /// Current counters.
@@ -586,6 +598,7 @@ impl PoolInner {
             arenas: Vec::new(),
             free: Vec::new(),
             cold: 0,
+            low_water: 0,
         });
         self.classes.len() - 1
     }
@@ -596,6 +609,7 @@ impl PoolInner {
         let class = &mut self.classes[ci];
         if let Some(slot) = class.free.pop() {
             class.cold = class.cold.min(class.free.len());
+            class.low_water = class.low_water.min(class.free.len() - class.cold);
             return Ok(slot);
         }
         let slot_size = guard + class.usable;
@@ -628,21 +642,42 @@ impl PoolInner {
 
     fn release(&mut self, ci: usize, slot: usize) {
         self.in_use -= 1;
-        let guard = self.guard;
+        let (guard, hot_limit) = (self.guard, self.hot_limit);
         let class = &mut self.classes[ci];
         class.free.push(slot);
-        if class.free.len() - class.cold >= HOT_LIMIT + RELEASE_BATCH {
-            let mut ranges = [(0, 0); RELEASE_BATCH];
-            let oldest_hot = &class.free[class.cold..class.cold + RELEASE_BATCH];
-            for (r, &s) in ranges.iter_mut().zip(oldest_hot) {
-                *r = (s + guard, class.usable);
-            }
-            class.cold += RELEASE_BATCH;
-            // SAFETY: the usable parts (above the guard page, which is left alone) of
-            // free slots: inside our arenas, owned by no `Stack`, so nothing references
-            // their contents.
-            unsafe { release_ranges(&ranges) };
+        if class.free.len() - class.cold >= hot_limit + RELEASE_BATCH {
+            class.release_oldest_hot(RELEASE_BATCH, guard);
         }
+    }
+
+    fn trim(&mut self) {
+        let guard = self.guard;
+        for class in &mut self.classes {
+            let mut unused = class.low_water.min(class.free.len() - class.cold);
+            while unused > 0 {
+                let n = unused.min(RELEASE_BATCH);
+                class.release_oldest_hot(n, guard);
+                unused -= n;
+            }
+            class.low_water = class.free.len() - class.cold;
+        }
+    }
+}
+
+impl SizeClass {
+    /// Gives back the memory of the `n` (at most `RELEASE_BATCH`) least recently freed
+    /// hot stacks, in one call.
+    fn release_oldest_hot(&mut self, n: usize, guard: usize) {
+        let mut ranges = [(0, 0); RELEASE_BATCH];
+        let oldest_hot = &self.free[self.cold..self.cold + n];
+        for (r, &s) in ranges.iter_mut().zip(oldest_hot) {
+            *r = (s + guard, self.usable);
+        }
+        self.cold += n;
+        // SAFETY: the usable parts (above the guard page, which is left alone) of free
+        // slots: inside our arenas, owned by no `Stack`, so nothing references their
+        // contents.
+        unsafe { release_ranges(&ranges[..n]) };
     }
 }
 
@@ -1073,7 +1108,8 @@ mod tests {
             "nobatch" => {
                 // Without process_madvise: guards and releases one range at a time.
                 BATCH_STATE.store(2, Ordering::Relaxed);
-                let n = HOT_LIMIT + RELEASE_BATCH;
+                pool.inner.borrow_mut().hot_limit = 64;
+                let n = 64 + RELEASE_BATCH;
                 let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
                 let top = stacks[0].base().get() - 1;
                 // SAFETY (test): the top usable byte of an owned stack.
@@ -1300,8 +1336,10 @@ mod tests {
 
     #[test]
     fn cold_stacks_are_released_but_reusable() {
+        const HOT_LIMIT: usize = 64;
         let n = HOT_LIMIT + RELEASE_BATCH + 10;
         let mut pool = StackPool::with_mode(guard_mode());
+        pool.inner.borrow_mut().hot_limit = HOT_LIMIT;
         let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
         for s in &stacks {
             // SAFETY (test): the top usable byte of an owned stack.
@@ -1334,6 +1372,33 @@ mod tests {
         assert_eq!(pool.inner.borrow().classes[0].cold, 0);
         assert_eq!(pool.stats().slots_in_use, n);
         drop(all);
+    }
+
+    #[test]
+    fn trim_releases_only_stacks_unused_for_a_whole_interval() {
+        let mut pool = StackPool::with_mode(guard_mode());
+        let stacks: Vec<_> = (0..100)
+            .map(|_| pool.get(MIN_STACK_SIZE).unwrap())
+            .collect();
+        drop(stacks); // 100 free, all hot
+        pool.trim(); // the first trim only sets the low-water mark
+        assert_eq!(pool.inner.borrow().classes[0].cold, 0);
+        // 30 are used during this interval: 70 stayed unused throughout.
+        let busy: Vec<_> = (0..30).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
+        drop(busy);
+        pool.trim();
+        assert_eq!(pool.inner.borrow().classes[0].cold, 70);
+        pool.trim(); // nothing was used since: the rest goes cold too
+        assert_eq!(pool.inner.borrow().classes[0].cold, 100);
+        let again: Vec<_> = (0..100)
+            .map(|_| pool.get(MIN_STACK_SIZE).unwrap())
+            .collect();
+        assert_eq!(
+            pool.inner.borrow().classes[0].cold,
+            0,
+            "cold stacks are reused"
+        );
+        drop(again);
     }
 
     #[test]

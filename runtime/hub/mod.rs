@@ -39,6 +39,9 @@ pub use spawn::{Builder, JoinHandle, joinall, killall, spawn, spawn_later};
 pub(crate) use task::{Scope, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
+/// How often the hub gives back the memory of stacks nobody reused.
+const STACK_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The mio token of the cross-thread waker.
 const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 
@@ -65,6 +68,8 @@ pub(crate) struct Hub {
     /// Every task made on this hub, for `dump()` (pruned of dead ones as it grows).
     all_tasks: RefCell<Vec<std::rc::Weak<Task>>>,
     next_seq: Cell<u64>,
+    /// When to next give back the memory of stacks left unused (see `StackPool::trim`).
+    next_trim: Cell<Instant>,
 }
 
 thread_local! {
@@ -126,6 +131,7 @@ impl Hub {
             others: RefCell::new(HashMap::new()),
             all_tasks: RefCell::new(Vec::new()),
             next_seq: Cell::new(1),
+            next_trim: Cell::new(Instant::now() + STACK_TRIM_INTERVAL),
         })
     }
 
@@ -306,6 +312,7 @@ impl Hub {
             };
             self.poll_io(timeout);
             self.fire_timers();
+            self.trim_stacks();
         }
     }
 
@@ -317,6 +324,7 @@ impl Hub {
     fn run_ready(&self) {
         const ROUND_BUDGET: Duration = Duration::from_millis(2);
         let round_start = Instant::now();
+        let mut now = round_start;
         let woken = self.ready.borrow().len();
         let yielded = self.yielded.borrow().len();
         let queues = [(&self.ready, woken), (&self.yielded, yielded)];
@@ -325,16 +333,16 @@ impl Hub {
                 let Some(task) = queue.borrow_mut().pop_front() else {
                     break;
                 };
-                if self.run_task(&task) - round_start >= ROUND_BUDGET {
+                now = self.run_task(&task, now);
+                if now - round_start >= ROUND_BUDGET {
                     return;
                 }
             }
         }
     }
 
-    /// Switches into `task` until it switches back; returns the time it did.
-    fn run_task(&self, task: &Rc<Task>) -> Instant {
-        let started = Instant::now();
+    /// Switches into `task` (at `started`) until it switches back; returns when that was.
+    fn run_task(&self, task: &Rc<Task>, started: Instant) -> Instant {
         if task.greenlet.is_dead() {
             return started;
         }
@@ -378,6 +386,15 @@ impl Hub {
                 continue; // the remote queue is drained every round
             }
             self.io.dispatch(event);
+        }
+    }
+
+    /// Once a second, gives back the memory of stacks that nobody reused.
+    fn trim_stacks(&self) {
+        let now = Instant::now();
+        if now >= self.next_trim.get() {
+            self.next_trim.set(now + STACK_TRIM_INTERVAL);
+            crate::greenlet::trim_stack_pool();
         }
     }
 

@@ -181,12 +181,7 @@ struct Watch {
 }
 
 fn watch() {
-    // Load the debug info now (resolving our own stack touches the binary's and std's
-    // units), so that the first report is not late by the time that takes.
-    backtrace::trace(|frame| {
-        backtrace::resolve_frame(frame, |_| {});
-        true
-    });
+    let mut symbolizer_warm = false;
     let mut watches: Vec<Watch> = Vec::new();
     let mut generation = u64::MAX;
     let mut config = Config::default();
@@ -213,6 +208,17 @@ fn watch() {
                 continue;
             }
             let ran = now - w.since;
+            if !symbolizer_warm
+                && config
+                    .max_blocking_time
+                    .is_some_and(|limit| ran >= limit / 2)
+            {
+                // A report may be coming: load the debug info now (resolving our own stack
+                // touches the binary's and std's units), so that it is not late by the
+                // time that takes. Programs that never block never pay for it.
+                warm_symbolizer();
+                symbolizer_warm = true;
+            }
             if !w.preempt_asked && config.time_slice.is_some_and(|slice| ran >= slice) {
                 w.probe.preempt.store(true, Ordering::Relaxed);
                 w.preempt_asked = true;
@@ -227,6 +233,13 @@ fn watch() {
             }
         }
     }
+}
+
+fn warm_symbolizer() {
+    backtrace::trace(|frame| {
+        backtrace::resolve_frame(frame, |_| {});
+        true
+    });
 }
 
 /// How often the watchdog looks: a tenth of the threshold (for detection within 10%) and
