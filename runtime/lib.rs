@@ -29,6 +29,7 @@ mod error;
 pub mod greenlet;
 pub mod hub;
 pub mod monitor;
+pub mod net;
 pub mod threadpool;
 pub mod time;
 

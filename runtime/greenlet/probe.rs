@@ -16,6 +16,8 @@ pub struct Probe {
     /// Set by the monitor: the running greenlet has used up its time slice; cleared by
     /// `cooperate()` when it yields.
     pub(crate) preempt: AtomicBool,
+    /// Set when the thread exits.
+    pub(crate) exited: AtomicBool,
     /// Does this thread have a hub? (Only hub threads are watched.)
     pub(crate) has_hub: AtomicBool,
     /// Is the hub waiting for events (`epoll_wait`)? Then the thread is idle, not blocked.
@@ -37,8 +39,18 @@ pub(crate) fn set_recording(on: bool) {
     RECORDING.store(on, Ordering::Relaxed);
 }
 
+/// Owns this thread's probe; marks it exited when the thread's TLS is torn down, so the
+/// monitor stops watching a counter that will never move again.
+struct ProbeOwner(Arc<Probe>);
+
+impl Drop for ProbeOwner {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::Relaxed);
+    }
+}
+
 thread_local! {
-    static PROBE: Arc<Probe> = register();
+    static PROBE: ProbeOwner = ProbeOwner(register());
     /// A raw pointer to this thread's probe, for `cooperate()` (no lazy-init check).
     static PROBE_PTR: Cell<*const Probe> = const { Cell::new(std::ptr::null()) };
 }
@@ -49,6 +61,7 @@ fn register() -> Arc<Probe> {
     let probe = Arc::new(Probe {
         switches: AtomicU64::new(0),
         preempt: AtomicBool::new(false),
+        exited: AtomicBool::new(false),
         has_hub: AtomicBool::new(false),
         idle: AtomicBool::new(false),
         tid,
@@ -66,7 +79,7 @@ fn register() -> Arc<Probe> {
 /// This thread's probe, if it publishes one.
 pub(crate) fn current() -> Option<Arc<Probe>> {
     let p = PROBE_PTR.with(Cell::get);
-    (!p.is_null()).then(|| PROBE.with(Arc::clone))
+    (!p.is_null()).then(|| PROBE.with(|owner| owner.0.clone()))
 }
 
 /// Creates this thread's probe, if probes are on, and returns a pointer to it for the
@@ -75,8 +88,8 @@ pub(crate) fn init_thread() -> *const Probe {
     if !RECORDING.load(Ordering::Relaxed) {
         return std::ptr::null();
     }
-    PROBE.with(|p| {
-        let ptr = Arc::as_ptr(p);
+    PROBE.with(|owner| {
+        let ptr = Arc::as_ptr(&owner.0);
         PROBE_PTR.with(|c| c.set(ptr));
         ptr
     })
@@ -85,7 +98,10 @@ pub(crate) fn init_thread() -> *const Probe {
 /// Every live thread's probe.
 pub(crate) fn all() -> Vec<Arc<Probe>> {
     let all = PROBES.lock().unwrap_or_else(|e| e.into_inner());
-    all.iter().filter_map(Weak::upgrade).collect()
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .filter(|p| !p.exited.load(Ordering::Relaxed))
+        .collect()
 }
 
 impl Probe {

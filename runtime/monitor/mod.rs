@@ -196,8 +196,9 @@ fn watch() {
         refresh(&mut watches, now);
         for w in &mut watches {
             let switches = w.probe.switches.load(Ordering::Relaxed);
-            let watched =
-                w.probe.has_hub.load(Ordering::Relaxed) && !w.probe.idle.load(Ordering::Relaxed);
+            let watched = !w.probe.exited.load(Ordering::Relaxed)
+                && w.probe.has_hub.load(Ordering::Relaxed)
+                && !w.probe.idle.load(Ordering::Relaxed);
             if switches != w.switches || !watched {
                 if let Some(episode) = w.reported.take() {
                     report::deliver(&config, &episode.closing(now));

@@ -1,0 +1,300 @@
+//! Cooperative networking: drop-in twins of `std::net` and `std::os::unix::net`
+//! (gevent's `socket` after `monkey.patch_all()`).
+//!
+//! [`TcpListener`], [`TcpStream`], [`UdpSocket`], [`UnixListener`], [`UnixStream`] and
+//! [`UnixDatagram`] have the methods and traits of their std twins, but a call that would
+//! block parks the calling greenlet on the hub instead of blocking the thread; from plain
+//! `fn main` (the main greenlet) it runs the hub until the socket is ready. Porting a
+//! blocking thread-per-connection server means changing `use std::net::…` to
+//! `use greenhub::net::…` and `thread::spawn` to `greenhub::spawn` — see
+//! `examples/echo_server.rs`.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use greenhub::net::{TcpListener, TcpStream};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let server = greenhub::spawn(move || -> std::io::Result<()> {
+//!     let (mut conn, _peer) = listener.accept()?;
+//!     let mut buf = [0; 5];
+//!     conn.read_exact(&mut buf)?;
+//!     conn.write_all(&buf)
+//! });
+//! let mut client = TcpStream::connect(addr)?; // the main greenlet runs the hub meanwhile
+//! client.write_all(b"hello")?;
+//! let mut echo = [0; 5];
+//! client.read_exact(&mut echo)?;
+//! assert_eq!(&echo, b"hello");
+//! server.join().unwrap()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Rules
+//!
+//! - **A socket belongs to the hub of the thread that created it.** It is registered with
+//!   that hub's `epoll` when it is created (accepted, connected, bound or converted with
+//!   `From<std::…>`) and deregistered when its last handle is dropped. Like greenlets,
+//!   greenhub sockets are `!Send` (law 1); to hand a connection to another thread,
+//!   `into_raw_fd` it and rebuild it there (or use a std socket there).
+//!
+//!   ```compile_fail
+//!   fn needs_send<T: Send>(_: T) {}
+//!   needs_send(greenhub::net::TcpListener::bind("127.0.0.1:0").unwrap()); // !Send
+//!   ```
+//! - **Sharing.** `try_clone` and `&TcpStream` share one registration: one greenlet may
+//!   read while another writes. A second greenlet that waits in the *same* direction on the
+//!   same socket gets `io::ErrorKind::ResourceBusy` (gevent's `ConcurrentObjectUseError`)
+//!   instead of a lost wake-up. Unlike std's `try_clone` no new descriptor is made: the
+//!   descriptor is closed when the last handle goes.
+//! - **Timeouts.** `set_read_timeout`/`set_write_timeout` are honoured cooperatively, per
+//!   call; a [`Timeout`](crate::Timeout) scope or [`with_timeout`](crate::with_timeout)
+//!   around a call applies too. Either way an expired wait returns
+//!   `io::ErrorKind::TimedOut` (std returns `WouldBlock` on Unix for a socket timeout).
+//! - **Kill.** Killing a greenlet blocked in a socket call unwinds it at that call; its
+//!   wait is withdrawn, and sockets it owned are closed and deregistered as they drop.
+//! - **Non-blocking mode.** `set_nonblocking(true)` makes calls return `WouldBlock` instead
+//!   of parking, as in std.
+//! - **Name resolution never blocks the hub.** Host names in a [`ToSocketAddrs`] argument
+//!   are resolved with `getaddrinfo` on the [thread pool](crate::spawn_blocking) while the
+//!   caller waits cooperatively; IP-address literals skip the pool. See [`lookup_host`].
+//!   Resolution failures give std's error.
+//! - **File descriptors.** The first hub a process starts raises the soft
+//!   `RLIMIT_NOFILE` to the hard limit, once (as Go does), so a server is not stopped by the
+//!   customary soft limit of 1,024. [`TcpListener::accept`] is raw, like std's: it returns
+//!   `EMFILE`/`ENFILE`. [`StreamServer`] survives them: it backs off (10 ms doubling to
+//!   1 s) without spinning, logs once per episode, and keeps serving open connections.
+
+mod addr;
+mod server;
+mod tcp;
+mod udp;
+mod unix;
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+
+use crate::hub::{Direction, Hub, current_hub};
+
+pub use addr::{ToSocketAddrs, gethostbyname, lookup_host};
+pub use server::{ServerStats, StreamServer};
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixDatagram, UnixIncoming, UnixListener, UnixStream};
+
+/// std's address types, re-exported so that `use greenhub::net::{…}` replaces `use std::net::{…}`.
+pub use std::net::{
+    AddrParseError, IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6,
+};
+
+/// An fd's registration with this thread's hub; dropping it deregisters the fd.
+struct Registration {
+    hub: Rc<Hub>,
+    token: usize,
+    fd: RawFd,
+}
+
+impl Registration {
+    fn new(fd: BorrowedFd<'_>) -> io::Result<Registration> {
+        let hub = current_hub();
+        let fd = fd.as_raw_fd();
+        let token = hub.register_io_fd(&mut SourceFd(&fd), fd)?;
+        Ok(Registration { hub, token, fd })
+    }
+
+    fn wait(&self, direction: Direction, deadline: Option<Instant>) -> io::Result<()> {
+        self.hub.wait_io(self.token, direction, deadline)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.deregister_io(&mut SourceFd(&self.fd), self.token);
+    }
+}
+
+/// A non-blocking socket registered with the hub, plus the std-like settings that shape
+/// its blocking calls. Every blocking call of every socket type goes through
+/// [`Io::io_loop`].
+pub(crate) struct Io<S> {
+    // Declared before `sock`: deregistered while the fd is still open.
+    reg: Registration,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+    nonblocking: Cell<bool>,
+    sock: S,
+}
+
+impl<S: AsFd> Io<S> {
+    /// Registers `sock`, which must already be in non-blocking mode.
+    fn new(sock: S) -> io::Result<Io<S>> {
+        Ok(Io {
+            reg: Registration::new(sock.as_fd())?,
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+            nonblocking: Cell::new(false),
+            sock,
+        })
+    }
+
+    /// Shared and ready to hand out.
+    fn shared(sock: S) -> io::Result<Rc<Io<S>>> {
+        Io::new(sock).map(Rc::new)
+    }
+
+    /// Deregisters and gives the socket back.
+    fn into_inner(self) -> S {
+        let Io { reg, sock, .. } = self;
+        drop(reg);
+        sock
+    }
+
+    /// Runs `op` until it does not return `WouldBlock`, parking on the hub in between:
+    /// the one loop behind every blocking socket call.
+    ///
+    /// # Errors
+    /// `op`'s error; `TimedOut` when `deadline` passes or a `Timeout` scope expires;
+    /// `ResourceBusy` when another greenlet already waits in `direction` on this socket;
+    /// `WouldBlock` at once in non-blocking mode.
+    fn io_loop<R>(
+        &self,
+        direction: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            match op(&self.sock) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.nonblocking.get() {
+                        return Err(e);
+                    }
+                    self.reg.hub.clear_ready(self.reg.token, direction);
+                    self.reg.wait(direction, deadline)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// A read-side call (read, recv, accept, peek), bounded by the read timeout.
+    fn read_with<R>(&self, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
+        let deadline = deadline_after(self.read_timeout.get());
+        self.io_loop(Direction::Read, deadline, op)
+    }
+
+    /// A write-side call (write, send), bounded by the write timeout.
+    fn write_with<R>(&self, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
+        let deadline = deadline_after(self.write_timeout.get());
+        self.io_loop(Direction::Write, deadline, op)
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(check_timeout(timeout)?);
+        Ok(())
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.set(check_timeout(timeout)?);
+        Ok(())
+    }
+
+    fn set_nonblocking(&self, nonblocking: bool) {
+        self.nonblocking.set(nonblocking);
+    }
+}
+
+/// Turns a shared socket into its fd: the socket itself if this is the last handle,
+/// else a duplicate (the other handles keep theirs).
+///
+/// # Panics
+/// If the duplicate cannot be made (the process is out of file descriptors).
+fn into_owned_fd<S: AsFd + Into<std::os::fd::OwnedFd>>(io: Rc<Io<S>>) -> std::os::fd::OwnedFd {
+    match Rc::try_unwrap(io) {
+        Ok(io) => io.into_inner().into(),
+        Err(shared) => shared
+            .sock
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("greenhub: cannot duplicate a shared socket's file descriptor"),
+    }
+}
+
+fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
+
+/// std refuses a zero timeout with `InvalidInput`; so do we.
+fn check_timeout(timeout: Option<Duration>) -> io::Result<Option<Duration>> {
+    if timeout == Some(Duration::ZERO) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cannot set a 0 duration timeout",
+        ));
+    }
+    Ok(timeout)
+}
+
+/// Waits cooperatively until `fd` is readable, or `timeout` passes (gevent's `wait_read`).
+///
+/// Works with any pollable descriptor — a pipe, a std socket, a terminal — that is not
+/// already registered with this hub (a greenhub socket's own calls already wait; waiting
+/// on one here fails with `AlreadyExists`). The fd is registered for the wait only.
+///
+/// ```
+/// use std::io::Write;
+/// use std::os::unix::net::UnixStream; // a std socket: greenhub only waits on it
+/// use std::time::Duration;
+///
+/// let (a, mut b) = UnixStream::pair()?;
+/// let err = greenhub::net::wait_readable(&a, Some(Duration::from_millis(10))).unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+/// b.write_all(b"x")?;
+/// greenhub::net::wait_readable(&a, None)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+/// `TimedOut` when `timeout` passes or a `Timeout` scope expires; `AlreadyExists` for a
+/// descriptor this hub already watches; `PermissionDenied` for one `epoll` cannot watch
+/// (a regular file).
+pub fn wait_readable(fd: impl AsFd, timeout: Option<Duration>) -> io::Result<()> {
+    wait_fd(fd.as_fd(), Direction::Read, timeout)
+}
+
+/// Waits cooperatively until `fd` is writable, or `timeout` passes (gevent's `wait_write`).
+///
+/// As [`wait_readable`], for writing.
+///
+/// ```
+/// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+/// greenhub::net::wait_writable(&a, None)?; // an empty socket buffer: at once
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`wait_readable`].
+pub fn wait_writable(fd: impl AsFd, timeout: Option<Duration>) -> io::Result<()> {
+    wait_fd(fd.as_fd(), Direction::Write, timeout)
+}
+
+fn wait_fd(fd: BorrowedFd<'_>, direction: Direction, timeout: Option<Duration>) -> io::Result<()> {
+    let deadline = deadline_after(timeout);
+    // Registering reports the fd's current readiness at once (epoll checks on insert).
+    let reg = Registration::new(fd).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            io::Error::new(
+                e.kind(),
+                "this fd is already registered with the hub (a greenhub socket waits by itself)",
+            )
+        } else {
+            e
+        }
+    })?;
+    reg.wait(direction, deadline)
+}

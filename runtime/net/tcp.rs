@@ -1,0 +1,519 @@
+//! TCP: [`TcpListener`] and [`TcpStream`], cooperative twins of std's.
+
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::{self, Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::addr::each_addr;
+use super::{Io, ToSocketAddrs, into_owned_fd};
+use crate::hub::Direction;
+
+/// A TCP socket server, listening for connections: std's
+/// [`TcpListener`](std::net::TcpListener), cooperative.
+///
+/// `accept` parks the calling greenlet until a connection arrives. Accepted streams are
+/// non-blocking, close-on-exec and registered with this thread's hub.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use greenhub::net::{TcpListener, TcpStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let client = greenhub::spawn(move || {
+///     let mut s = TcpStream::connect(addr)?;
+///     let mut reply = String::new();
+///     s.read_to_string(&mut reply)?;
+///     Ok::<_, std::io::Error>(reply)
+/// });
+/// for stream in listener.incoming().take(1) {
+///     stream?.write_all(b"welcome")?;
+/// }
+/// assert_eq!(client.join().unwrap()?, "welcome");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct TcpListener {
+    io: Rc<Io<mio::net::TcpListener>>,
+}
+
+impl TcpListener {
+    /// Binds a listener to `addr` (std's `bind`: each resolved address is tried in turn).
+    /// The socket has `SO_REUSEADDR` and a backlog of 1,024.
+    ///
+    /// # Errors
+    /// The bind error of the last address tried (`AddrInUse`, `PermissionDenied`, …);
+    /// a resolution error.
+    pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<TcpListener> {
+        each_addr(&addr, |a| {
+            let l = mio::net::TcpListener::bind(a)?;
+            Ok(TcpListener { io: Io::shared(l)? })
+        })
+    }
+
+    /// Accepts a connection, parking until one arrives.
+    ///
+    /// Raw, like std's: errors such as `EMFILE` (out of file descriptors) or
+    /// `ECONNABORTED` are returned as they come; [`StreamServer`](super::StreamServer)
+    /// handles them.
+    ///
+    /// # Errors
+    /// The `accept4` error; `TimedOut` if a `Timeout` scope expires.
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (s, peer) = self.io.read_with(mio::net::TcpListener::accept)?;
+        Ok((TcpStream::from_nonblocking(net::TcpStream::from(s))?, peer))
+    }
+
+    /// An endless iterator over accepted connections (std's `incoming`).
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// The `getsockname` error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+
+    /// Another handle to the same listener (sharing its registration; see the
+    /// [module rules](super#rules)). Never fails; `io::Result` for std's signature.
+    ///
+    /// # Errors
+    /// None.
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            io: self.io.clone(),
+        })
+    }
+
+    /// Sets `IP_TTL`.
+    ///
+    /// # Errors
+    /// The `setsockopt` error.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        self.io.sock.set_ttl(ttl)
+    }
+
+    /// `IP_TTL`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.io.sock.ttl()
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.io.sock.take_error()
+    }
+
+    /// In non-blocking mode `accept` returns `WouldBlock` instead of parking.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.io.set_nonblocking(nonblocking);
+        Ok(())
+    }
+
+    /// Converts a std listener, switching it to non-blocking mode and registering it with
+    /// this thread's hub.
+    ///
+    /// # Errors
+    /// The `fcntl` or `epoll_ctl` error.
+    pub fn from_std(listener: net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        let io = Io::shared(mio::net::TcpListener::from_std(listener))?;
+        Ok(TcpListener { io })
+    }
+}
+
+/// The connections a [`TcpListener`] accepts, forever (std's `Incoming`).
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<TcpStream>;
+    fn next(&mut self) -> Option<io::Result<TcpStream>> {
+        Some(self.listener.accept().map(|(s, _)| s))
+    }
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("TcpListener");
+        if let Ok(a) = self.local_addr() {
+            d.field("addr", &a);
+        }
+        d.field("fd", &self.as_raw_fd()).finish()
+    }
+}
+
+/// A TCP connection: std's [`TcpStream`](std::net::TcpStream), cooperative.
+///
+/// `Read` and `Write` are implemented for `TcpStream` and `&TcpStream`, so one greenlet
+/// can read while another writes (see the [module rules](super#rules)).
+///
+/// ```
+/// use std::io::{BufRead, BufReader, Write};
+/// use greenhub::net::{TcpListener, TcpStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// greenhub::spawn(move || -> std::io::Result<()> {
+///     let (conn, _) = listener.accept()?;
+///     let mut line = String::new();
+///     BufReader::new(&conn).read_line(&mut line)?;
+///     (&conn).write_all(line.to_uppercase().as_bytes())
+/// });
+/// let mut s = TcpStream::connect(addr)?;
+/// s.write_all(b"shout\n")?;
+/// let mut reply = String::new();
+/// BufReader::new(&s).read_line(&mut reply)?;
+/// assert_eq!(reply, "SHOUT\n");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct TcpStream {
+    io: Rc<Io<net::TcpStream>>,
+}
+
+impl TcpStream {
+    /// Connects to `addr`, trying each resolved address in turn (std's `connect`); the
+    /// calling greenlet parks until the handshake completes.
+    ///
+    /// # Errors
+    /// The last address's error (`ConnectionRefused`, …); a resolution error; `TimedOut`
+    /// if a `Timeout` scope expires.
+    pub fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<TcpStream> {
+        each_addr(&addr, |a| TcpStream::connect_deadline(a, None))
+    }
+
+    /// Connects to one address, giving up after `timeout` (std's `connect_timeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let l = greenhub::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let s = greenhub::net::TcpStream::connect_timeout(&l.local_addr()?, Duration::from_secs(1))?;
+    /// assert_eq!(s.peer_addr()?, l.local_addr()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `TimedOut` after `timeout`; `InvalidInput` for a zero timeout; the connect error.
+    pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        if timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot set a 0 duration timeout",
+            ));
+        }
+        TcpStream::connect_deadline(*addr, Some(Instant::now() + timeout))
+    }
+
+    fn connect_deadline(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<TcpStream> {
+        // A non-blocking connect (EINPROGRESS); done when writable and SO_ERROR is clear.
+        let stream =
+            TcpStream::from_nonblocking(net::TcpStream::from(mio::net::TcpStream::connect(addr)?))?;
+        stream.io.io_loop(Direction::Write, deadline, |s| {
+            if let Some(e) = s.take_error()? {
+                return Err(e);
+            }
+            match s.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(stream)
+    }
+
+    /// Registers a socket already in non-blocking mode.
+    pub(crate) fn from_nonblocking(s: net::TcpStream) -> io::Result<TcpStream> {
+        Ok(TcpStream { io: Io::shared(s)? })
+    }
+
+    /// Converts a std stream, switching it to non-blocking mode and registering it with
+    /// this thread's hub.
+    ///
+    /// # Errors
+    /// The `ioctl` or `epoll_ctl` error.
+    pub fn from_std(stream: net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        TcpStream::from_nonblocking(stream)
+    }
+
+    /// The remote address.
+    ///
+    /// # Errors
+    /// `NotConnected` when not connected.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.peer_addr()
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The `getsockname` error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+
+    /// Shuts down the read half, the write half or both (the peer reads end-of-file after
+    /// a write shutdown).
+    ///
+    /// # Errors
+    /// `NotConnected` when not connected.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.io.sock.shutdown(how)
+    }
+
+    /// Another handle to the same connection, sharing its registration, timeouts and
+    /// non-blocking mode (see the [module rules](super#rules)). Never fails; `io::Result`
+    /// for std's signature.
+    ///
+    /// # Errors
+    /// None.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            io: self.io.clone(),
+        })
+    }
+
+    /// Bounds every later read (and `peek`) call: one that waits longer fails with
+    /// `TimedOut`. `None` waits forever.
+    ///
+    /// ```
+    /// use std::{io::Read, time::Duration};
+    /// let l = greenhub::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let mut s = greenhub::net::TcpStream::connect(l.local_addr()?)?;
+    /// s.set_read_timeout(Some(Duration::from_millis(10)))?;
+    /// let err = s.read(&mut [0; 8]).unwrap_err(); // nobody writes
+    /// assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_read_timeout(timeout)
+    }
+
+    /// Bounds every later write call; see [`set_read_timeout`](TcpStream::set_read_timeout).
+    ///
+    /// # Errors
+    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_write_timeout(timeout)
+    }
+
+    /// The read timeout.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.io.read_timeout.get())
+    }
+
+    /// The write timeout.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.io.write_timeout.get())
+    }
+
+    /// Reads without removing the data from the queue, parking until some arrives.
+    ///
+    /// # Errors
+    /// As `read`.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read_with(|s| s.peek(buf))
+    }
+
+    /// Sets `TCP_NODELAY` (disables Nagle's algorithm).
+    ///
+    /// # Errors
+    /// The `setsockopt` error.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.io.sock.set_nodelay(nodelay)
+    }
+
+    /// `TCP_NODELAY`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.io.sock.nodelay()
+    }
+
+    /// Sets `IP_TTL`.
+    ///
+    /// # Errors
+    /// The `setsockopt` error.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        self.io.sock.set_ttl(ttl)
+    }
+
+    /// `IP_TTL`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.io.sock.ttl()
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.io.sock.take_error()
+    }
+
+    /// In non-blocking mode calls return `WouldBlock` instead of parking.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.io.set_nonblocking(nonblocking);
+        Ok(())
+    }
+}
+
+impl Read for &TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read_with(|mut s| s.read(buf))
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.io.read_with(|mut s| s.read_vectored(bufs))
+    }
+}
+
+impl Write for &TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write_with(|mut s| s.write(buf))
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.io.write_with(|mut s| s.write_vectored(bufs))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        (&*self).read_vectored(bufs)
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("TcpStream");
+        if let Ok(a) = self.local_addr() {
+            d.field("addr", &a);
+        }
+        if let Ok(a) = self.peer_addr() {
+            d.field("peer", &a);
+        }
+        d.field("fd", &self.as_raw_fd()).finish()
+    }
+}
+
+macro_rules! fd_impls {
+    ($t:ident, $std:ty, $from_std:path) => {
+        impl AsFd for $t {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.io.sock.as_fd()
+            }
+        }
+
+        impl AsRawFd for $t {
+            fn as_raw_fd(&self) -> RawFd {
+                self.io.sock.as_raw_fd()
+            }
+        }
+
+        impl IntoRawFd for $t {
+            /// Deregisters the socket and gives up its fd, still in non-blocking mode. If
+            /// other handles share it (`try_clone`), returns a duplicate instead.
+            ///
+            /// # Panics
+            /// If that duplicate cannot be made (out of file descriptors).
+            fn into_raw_fd(self) -> RawFd {
+                into_owned_fd(self.io).into_raw_fd()
+            }
+        }
+
+        impl From<$t> for OwnedFd {
+            /// As [`IntoRawFd::into_raw_fd`].
+            fn from(s: $t) -> OwnedFd {
+                into_owned_fd(s.io)
+            }
+        }
+
+        impl FromRawFd for $t {
+            /// Takes ownership of `fd` and registers it with this thread's hub, as
+            /// `From<std type>`.
+            ///
+            /// # Safety
+            /// `fd` must be an open socket of the right kind, owned by nobody else.
+            ///
+            /// # Panics
+            /// As `From<std type>`.
+            unsafe fn from_raw_fd(fd: RawFd) -> $t {
+                // SAFETY: the caller guarantees that `fd` is an open socket of this kind
+                // that nobody else owns, which is what std's `from_raw_fd` requires.
+                let s = unsafe { <$std>::from_raw_fd(fd) };
+                $t::from(s)
+            }
+        }
+
+        impl From<$std> for $t {
+            /// Converts the std socket: non-blocking mode, registered with this thread's
+            /// hub (see `from_std` for the fallible version).
+            ///
+            /// # Panics
+            /// If the socket cannot be made non-blocking or registered (a descriptor that
+            /// is not a socket, or one already registered with this hub).
+            fn from(s: $std) -> $t {
+                $from_std(s).unwrap_or_else(|e| {
+                    panic!(
+                        "greenhub: cannot convert a {} into a cooperative socket: {e}",
+                        stringify!($std)
+                    )
+                })
+            }
+        }
+    };
+}
+pub(crate) use fd_impls;
+
+fd_impls!(TcpListener, net::TcpListener, TcpListener::from_std);
+fd_impls!(TcpStream, net::TcpStream, TcpStream::from_std);

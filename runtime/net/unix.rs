@@ -1,0 +1,606 @@
+//! Unix domain sockets: [`UnixListener`], [`UnixStream`] and [`UnixDatagram`],
+//! cooperative twins of `std::os::unix::net`.
+
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{self, SocketAddr};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::tcp::fd_impls;
+use super::{Io, into_owned_fd};
+
+/// A Unix stream socket server: std's [`UnixListener`](std::os::unix::net::UnixListener),
+/// cooperative.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use greenhub::net::{UnixListener, UnixStream};
+///
+/// let path = std::env::temp_dir().join(format!("greenhub-doc-{}.sock", std::process::id()));
+/// # let _ = std::fs::remove_file(&path);
+/// let listener = UnixListener::bind(&path)?;
+/// let p = path.clone();
+/// let client = greenhub::spawn(move || -> std::io::Result<String> {
+///     let mut s = UnixStream::connect(&p)?;
+///     let mut reply = String::new();
+///     s.read_to_string(&mut reply)?;
+///     Ok(reply)
+/// });
+/// let (mut conn, _) = listener.accept()?;
+/// conn.write_all(b"over unix")?;
+/// drop(conn);
+/// assert_eq!(client.join().unwrap()?, "over unix");
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct UnixListener {
+    io: Rc<Io<mio::net::UnixListener>>,
+}
+
+impl UnixListener {
+    /// Binds a listener to `path` (which must not exist).
+    ///
+    /// # Errors
+    /// The `bind` error (`AddrInUse` if the path exists).
+    pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<UnixListener> {
+        UnixListener::from_mio(mio::net::UnixListener::bind(path)?)
+    }
+
+    /// Binds a listener to `addr` (also an abstract address).
+    ///
+    /// # Errors
+    /// The `bind` error.
+    pub fn bind_addr(addr: &SocketAddr) -> io::Result<UnixListener> {
+        UnixListener::from_mio(mio::net::UnixListener::bind_addr(addr)?)
+    }
+
+    fn from_mio(l: mio::net::UnixListener) -> io::Result<UnixListener> {
+        Ok(UnixListener { io: Io::shared(l)? })
+    }
+
+    /// Converts a std listener, switching it to non-blocking mode and registering it with
+    /// this thread's hub.
+    ///
+    /// # Errors
+    /// The `ioctl` or `epoll_ctl` error.
+    pub fn from_std(listener: net::UnixListener) -> io::Result<UnixListener> {
+        listener.set_nonblocking(true)?;
+        UnixListener::from_mio(mio::net::UnixListener::from_std(listener))
+    }
+
+    /// Accepts a connection, parking until one arrives. Raw, like
+    /// [`TcpListener::accept`](super::TcpListener::accept).
+    ///
+    /// # Errors
+    /// The `accept4` error; `TimedOut` if a `Timeout` scope expires.
+    pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (s, addr) = self.io.read_with(mio::net::UnixListener::accept)?;
+        Ok((
+            UnixStream::from_nonblocking(net::UnixStream::from(s))?,
+            addr,
+        ))
+    }
+
+    /// An endless iterator over accepted connections.
+    pub fn incoming(&self) -> UnixIncoming<'_> {
+        UnixIncoming { listener: self }
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// The `getsockname` error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+
+    /// Another handle to the same listener, sharing its registration.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn try_clone(&self) -> io::Result<UnixListener> {
+        Ok(UnixListener {
+            io: self.io.clone(),
+        })
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.io.sock.take_error()
+    }
+
+    /// In non-blocking mode `accept` returns `WouldBlock` instead of parking.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.io.set_nonblocking(nonblocking);
+        Ok(())
+    }
+}
+
+/// The connections a [`UnixListener`] accepts, forever.
+#[derive(Debug)]
+pub struct UnixIncoming<'a> {
+    listener: &'a UnixListener,
+}
+
+impl Iterator for UnixIncoming<'_> {
+    type Item = io::Result<UnixStream>;
+    fn next(&mut self) -> Option<io::Result<UnixStream>> {
+        Some(self.listener.accept().map(|(s, _)| s))
+    }
+}
+
+impl fmt::Debug for UnixListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("UnixListener");
+        if let Ok(a) = self.local_addr() {
+            d.field("addr", &a);
+        }
+        d.field("fd", &self.as_raw_fd()).finish()
+    }
+}
+
+/// A Unix stream socket: std's [`UnixStream`](std::os::unix::net::UnixStream),
+/// cooperative. `Read` and `Write` are implemented for `&UnixStream` too.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// let (mut a, mut b) = greenhub::net::UnixStream::pair()?;
+/// let reader = greenhub::spawn(move || {
+///     let mut buf = [0; 3];
+///     b.read_exact(&mut buf).map(|()| buf)
+/// });
+/// a.write_all(b"abc")?;
+/// assert_eq!(&reader.join().unwrap()?, b"abc");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct UnixStream {
+    io: Rc<Io<net::UnixStream>>,
+}
+
+impl UnixStream {
+    /// Connects to the socket at `path`.
+    ///
+    /// A Unix socket connect does not wait for the listener: when its backlog is full it
+    /// fails with `EAGAIN`. Where std's blocking connect would wait, this one retries,
+    /// sleeping cooperatively (1 ms doubling to 100 ms), until it gets in or a `Timeout`
+    /// scope expires.
+    ///
+    /// # Errors
+    /// The `connect` error (`NotFound`, `ConnectionRefused`, …); `TimedOut` if a `Timeout`
+    /// scope expires while the backlog is full.
+    pub fn connect<P: AsRef<Path>>(path: P) -> io::Result<UnixStream> {
+        let path = path.as_ref();
+        connect_retrying(|| mio::net::UnixStream::connect(path))
+    }
+
+    /// Connects to the socket at `addr` (also an abstract address); as
+    /// [`connect`](UnixStream::connect).
+    ///
+    /// # Errors
+    /// As `connect`.
+    pub fn connect_addr(addr: &SocketAddr) -> io::Result<UnixStream> {
+        connect_retrying(|| mio::net::UnixStream::connect_addr(addr))
+    }
+
+    /// An unnamed pair of connected sockets.
+    ///
+    /// # Errors
+    /// The `socketpair` or `epoll_ctl` error.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        let (a, b) = mio::net::UnixStream::pair()?;
+        Ok((
+            UnixStream::from_nonblocking(a.into())?,
+            UnixStream::from_nonblocking(b.into())?,
+        ))
+    }
+
+    fn from_nonblocking(s: net::UnixStream) -> io::Result<UnixStream> {
+        Ok(UnixStream { io: Io::shared(s)? })
+    }
+
+    /// Converts a std stream, switching it to non-blocking mode and registering it with
+    /// this thread's hub.
+    ///
+    /// # Errors
+    /// The `ioctl` or `epoll_ctl` error.
+    pub fn from_std(stream: net::UnixStream) -> io::Result<UnixStream> {
+        stream.set_nonblocking(true)?;
+        UnixStream::from_nonblocking(stream)
+    }
+
+    /// Another handle to the same connection, sharing its registration (see the
+    /// [module rules](super#rules)).
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn try_clone(&self) -> io::Result<UnixStream> {
+        Ok(UnixStream {
+            io: self.io.clone(),
+        })
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The `getsockname` error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// The `getpeername` error.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.peer_addr()
+    }
+
+    /// Bounds every later read call; one that waits longer fails with `TimedOut`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_read_timeout(timeout)
+    }
+
+    /// Bounds every later write call.
+    ///
+    /// # Errors
+    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_write_timeout(timeout)
+    }
+
+    /// The read timeout.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.io.read_timeout.get())
+    }
+
+    /// The write timeout.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.io.write_timeout.get())
+    }
+
+    /// In non-blocking mode calls return `WouldBlock` instead of parking.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.io.set_nonblocking(nonblocking);
+        Ok(())
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.io.sock.take_error()
+    }
+
+    /// Shuts down the read half, the write half or both.
+    ///
+    /// # Errors
+    /// The `shutdown` error.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.io.sock.shutdown(how)
+    }
+}
+
+/// Connects, retrying with a cooperative back-off while the listener's backlog is full.
+fn connect_retrying(
+    mut connect: impl FnMut() -> io::Result<mio::net::UnixStream>,
+) -> io::Result<UnixStream> {
+    let mut pause = Duration::from_millis(1);
+    let stream = loop {
+        match connect() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                crate::hub::sleep_until(Instant::now() + pause)?;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let stream = UnixStream::from_nonblocking(stream.into())?;
+    // A Unix connect completes at once (or fails); check, as for TCP.
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    Ok(stream)
+}
+
+impl Read for &UnixStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read_with(|mut s| s.read(buf))
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        self.io.read_with(|mut s| s.read_vectored(bufs))
+    }
+}
+
+impl Write for &UnixStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write_with(|mut s| s.write(buf))
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.io.write_with(|mut s| s.write_vectored(bufs))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for UnixStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        (&*self).read_vectored(bufs)
+    }
+}
+
+impl Write for UnixStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for UnixStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("UnixStream");
+        if let Ok(a) = self.local_addr() {
+            d.field("local", &a);
+        }
+        if let Ok(a) = self.peer_addr() {
+            d.field("peer", &a);
+        }
+        d.field("fd", &self.as_raw_fd()).finish()
+    }
+}
+
+/// A Unix datagram socket: std's [`UnixDatagram`](std::os::unix::net::UnixDatagram),
+/// cooperative.
+///
+/// ```
+/// let (a, b) = greenhub::net::UnixDatagram::pair()?;
+/// let rx = greenhub::spawn(move || {
+///     let mut buf = [0; 16];
+///     b.recv(&mut buf).map(|n| buf[..n].to_vec())
+/// });
+/// a.send(b"datagram")?;
+/// assert_eq!(rx.join().unwrap()?, b"datagram");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct UnixDatagram {
+    io: Rc<Io<net::UnixDatagram>>,
+}
+
+impl UnixDatagram {
+    /// A socket bound to `path`.
+    ///
+    /// # Errors
+    /// The `bind` error.
+    pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<UnixDatagram> {
+        UnixDatagram::from_mio(mio::net::UnixDatagram::bind(path)?)
+    }
+
+    /// A socket bound to `addr` (also an abstract address).
+    ///
+    /// # Errors
+    /// The `bind` error.
+    pub fn bind_addr(addr: &SocketAddr) -> io::Result<UnixDatagram> {
+        UnixDatagram::from_mio(mio::net::UnixDatagram::bind_addr(addr)?)
+    }
+
+    /// A socket bound to no address.
+    ///
+    /// # Errors
+    /// The `socket` or `epoll_ctl` error.
+    pub fn unbound() -> io::Result<UnixDatagram> {
+        UnixDatagram::from_mio(mio::net::UnixDatagram::unbound()?)
+    }
+
+    /// An unnamed pair of connected sockets.
+    ///
+    /// # Errors
+    /// The `socketpair` or `epoll_ctl` error.
+    pub fn pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
+        let (a, b) = mio::net::UnixDatagram::pair()?;
+        Ok((UnixDatagram::from_mio(a)?, UnixDatagram::from_mio(b)?))
+    }
+
+    fn from_mio(s: mio::net::UnixDatagram) -> io::Result<UnixDatagram> {
+        Ok(UnixDatagram {
+            io: Io::shared(net::UnixDatagram::from(s))?,
+        })
+    }
+
+    /// Converts a std socket, switching it to non-blocking mode and registering it with
+    /// this thread's hub.
+    ///
+    /// # Errors
+    /// The `ioctl` or `epoll_ctl` error.
+    pub fn from_std(socket: net::UnixDatagram) -> io::Result<UnixDatagram> {
+        socket.set_nonblocking(true)?;
+        Ok(UnixDatagram {
+            io: Io::shared(socket)?,
+        })
+    }
+
+    /// Connects to the socket at `path`: `send` and `recv` then use it.
+    ///
+    /// # Errors
+    /// The `connect` error.
+    pub fn connect<P: AsRef<Path>>(&self, path: P) -> io::Result<()> {
+        self.io.sock.connect(path)
+    }
+
+    /// Connects to `addr`.
+    ///
+    /// # Errors
+    /// The `connect` error.
+    pub fn connect_addr(&self, addr: &SocketAddr) -> io::Result<()> {
+        self.io.sock.connect_addr(addr)
+    }
+
+    /// Another handle to the same socket, sharing its registration.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn try_clone(&self) -> io::Result<UnixDatagram> {
+        Ok(UnixDatagram {
+            io: self.io.clone(),
+        })
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The `getsockname` error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+
+    /// The connected peer's address.
+    ///
+    /// # Errors
+    /// `NotConnected` when not connected.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.peer_addr()
+    }
+
+    /// Receives one datagram, parking until one arrives; returns its size and sender.
+    ///
+    /// # Errors
+    /// The `recvfrom` error; `TimedOut` after the read timeout or a `Timeout` scope.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.io.read_with(|s| s.recv_from(buf))
+    }
+
+    /// Receives one datagram from the connected peer, parking until one arrives.
+    ///
+    /// # Errors
+    /// As `recv_from`.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read_with(|s| s.recv(buf))
+    }
+
+    /// Sends `buf` to the socket at `path`, parking while the peer's queue is full.
+    ///
+    /// # Errors
+    /// The `sendto` error; `TimedOut` after the write timeout.
+    pub fn send_to<P: AsRef<Path>>(&self, buf: &[u8], path: P) -> io::Result<usize> {
+        let path = path.as_ref();
+        self.io.write_with(|s| s.send_to(buf, path))
+    }
+
+    /// Sends `buf` to `addr`.
+    ///
+    /// # Errors
+    /// As `send_to`.
+    pub fn send_to_addr(&self, buf: &[u8], addr: &SocketAddr) -> io::Result<usize> {
+        self.io.write_with(|s| s.send_to_addr(buf, addr))
+    }
+
+    /// Sends `buf` to the connected peer, parking while its queue is full.
+    ///
+    /// # Errors
+    /// The `send` error; `TimedOut` after the write timeout.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write_with(|s| s.send(buf))
+    }
+
+    /// Bounds every later receive call.
+    ///
+    /// # Errors
+    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_read_timeout(timeout)
+    }
+
+    /// Bounds every later send call.
+    ///
+    /// # Errors
+    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.io.set_write_timeout(timeout)
+    }
+
+    /// The read timeout.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.io.read_timeout.get())
+    }
+
+    /// The write timeout.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.io.write_timeout.get())
+    }
+
+    /// In non-blocking mode calls return `WouldBlock` instead of parking.
+    ///
+    /// # Errors
+    /// None (kept for std's signature).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.io.set_nonblocking(nonblocking);
+        Ok(())
+    }
+
+    /// Takes the pending `SO_ERROR`.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.io.sock.take_error()
+    }
+
+    /// Shuts down the read half, the write half or both.
+    ///
+    /// # Errors
+    /// The `shutdown` error.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.io.sock.shutdown(how)
+    }
+}
+
+impl fmt::Debug for UnixDatagram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("UnixDatagram");
+        if let Ok(a) = self.local_addr() {
+            d.field("local", &a);
+        }
+        d.field("fd", &self.as_raw_fd()).finish()
+    }
+}
+
+fd_impls!(UnixListener, net::UnixListener, UnixListener::from_std);
+fd_impls!(UnixStream, net::UnixStream, UnixStream::from_std);
+fd_impls!(UnixDatagram, net::UnixDatagram, UnixDatagram::from_std);
