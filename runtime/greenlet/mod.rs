@@ -480,7 +480,16 @@ impl Builder {
         F: FnOnce(Value) -> Result<T, Error> + 'static,
         T: Any,
     {
-        let spawned_at = Location::caller();
+        self.build_at(Location::caller(), f)
+    }
+
+    /// [`build`](Builder::build), recording `spawned_at` as the place it was created
+    /// (for layers that create greenlets on a user's behalf, from inside a closure).
+    pub(crate) fn build_at<F, T>(self, spawned_at: &'static Location<'static>, f: F) -> Greenlet
+    where
+        F: FnOnce(Value) -> Result<T, Error> + 'static,
+        T: Any,
+    {
         let parent = self.parent.unwrap_or_else(switch::current);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let mut stack = switch::with_thread(|t| {

@@ -80,6 +80,7 @@ fn format_hub(hub: &Rc<Hub>) -> String {
         .all_tasks
         .borrow()
         .iter()
+        .map(|(_, t)| t)
         .filter_map(std::rc::Weak::upgrade)
         .collect();
     let ready: Vec<u64> = hub

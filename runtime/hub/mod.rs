@@ -66,7 +66,7 @@ pub(crate) struct Hub {
     /// Tasks for greenlets the hub did not spawn (the main greenlet, plain greenlets).
     others: RefCell<HashMap<u64, Rc<Task>>>,
     /// Every task made on this hub, for `dump()` (pruned of dead ones as it grows).
-    all_tasks: RefCell<Vec<std::rc::Weak<Task>>>,
+    all_tasks: RefCell<slab::Slab<std::rc::Weak<Task>>>,
     next_seq: Cell<u64>,
     /// When to next give back the memory of stacks left unused (see `StackPool::trim`).
     next_trim: Cell<Instant>,
@@ -129,7 +129,7 @@ impl Hub {
             external: remote::ExternalWaits::default(),
             running: RefCell::new(None),
             others: RefCell::new(HashMap::new()),
-            all_tasks: RefCell::new(Vec::new()),
+            all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
             next_trim: Cell::new(Instant::now() + STACK_TRIM_INTERVAL),
         })
@@ -154,25 +154,35 @@ impl Hub {
         );
         let mut others = self.others.borrow_mut();
         if others.len() > 64 {
-            others.retain(|_, t| !t.greenlet.is_dead());
+            others.retain(|_, t| {
+                let live = !t.greenlet.is_dead();
+                if !live {
+                    self.untrack(t.as_ref());
+                }
+                live
+            });
         }
         others
             .entry(me.id())
             .or_insert_with(|| {
-                let task = Rc::new(Task::new(me));
+                let task: Rc<Task> = Rc::new(Task::new(me, ()));
                 self.track(&task);
                 task
             })
             .clone()
     }
 
-    /// Remembers a task for `dump()`.
+    /// Remembers a task for `dump()` until [`untrack`](Hub::untrack).
     pub(crate) fn track(&self, task: &Rc<Task>) {
-        let mut all = self.all_tasks.borrow_mut();
-        if all.len() >= 64 && all.len().is_power_of_two() {
-            all.retain(|t| t.upgrade().is_some_and(|t| !t.greenlet.is_dead()));
+        let slot = self.all_tasks.borrow_mut().insert(Rc::downgrade(task));
+        task.tracked.set(Some(slot));
+    }
+
+    /// Forgets a task (it has finished).
+    pub(crate) fn untrack<C: ?Sized>(&self, task: &Task<C>) {
+        if let Some(slot) = task.tracked.take() {
+            self.all_tasks.borrow_mut().try_remove(slot);
         }
-        all.push(Rc::downgrade(task));
     }
 
     /// Starts a wait for `what` (see [`begin_wait`](Hub::begin_wait)).

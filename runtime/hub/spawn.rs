@@ -5,7 +5,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Hub, Task, Waiter, current_hub, with_hub};
@@ -110,12 +110,6 @@ impl Builder {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        let completion: Rc<Completion<T>> = Rc::new(Completion {
-            result: RefCell::new(None),
-            done: Cell::new(false),
-            joiners: RefCell::new(Vec::new()),
-        });
-        let done = completion.clone();
         let mut builder = greenlet::Builder::new().parent(hub.greenlet());
         if let Some(name) = self.name {
             builder = builder.name(name);
@@ -123,21 +117,38 @@ impl Builder {
         if let Some(size) = self.stack_size {
             builder = builder.stack_size(size);
         }
-        let greenlet = builder.build(move |_| -> Result<(), Error> {
-            let result = match catch_unwind(AssertUnwindSafe(f)) {
-                Ok(v) => Ok(v),
-                Err(p) if p.is::<GreenletExit>() => Err(Error::Killed),
-                Err(p) => {
-                    report_panic(p.as_ref());
-                    Err(Error::Panicked(p))
+        let location = Location::caller();
+        // One allocation holds the hub's task and the typed completion; the greenlet
+        // reaches it through a weak handle (a strong one would keep itself alive).
+        let task = Rc::new_cyclic(|me: &Weak<Task<Completion<T>>>| {
+            let me = me.clone();
+            let greenlet = builder.build_at(location, move |_| -> Result<(), Error> {
+                let result = match catch_unwind(AssertUnwindSafe(f)) {
+                    Ok(v) => Ok(v),
+                    Err(p) if p.is::<GreenletExit>() => Err(Error::Killed),
+                    Err(p) => {
+                        report_panic(p.as_ref());
+                        Err(Error::Panicked(p))
+                    }
+                };
+                if let Some(task) = me.upgrade() {
+                    with_hub(|hub| hub.untrack(task.as_ref()));
+                    task.completion.complete(result);
                 }
-            };
-            done.complete(result);
-            Ok(())
+                Ok(())
+            });
+            Task::new(
+                greenlet,
+                Completion {
+                    result: RefCell::new(None),
+                    done: Cell::new(false),
+                    joiners: RefCell::new(Vec::new()),
+                },
+            )
         });
-        let task = Rc::new(Task::new(greenlet));
-        hub.track(&task);
-        JoinHandle { task, completion }
+        let erased: Rc<Task> = task.clone();
+        hub.track(&erased);
+        JoinHandle { task }
     }
 }
 
@@ -206,11 +217,10 @@ where
 ///
 /// Dropping the handle detaches the greenlet; it keeps running.
 pub struct JoinHandle<T> {
-    task: Rc<Task>,
-    completion: Rc<Completion<T>>,
+    task: Rc<Task<Completion<T>>>,
 }
 
-impl<T> JoinHandle<T> {
+impl<T: 'static> JoinHandle<T> {
     /// Waits cooperatively until the greenlet finishes and returns its result.
     ///
     /// # Errors
@@ -219,7 +229,8 @@ impl<T> JoinHandle<T> {
     /// [`Error::BlockForever`] if nothing can ever finish it.
     pub fn join(self) -> Result<T, Error> {
         self.wait(None)?;
-        self.completion
+        self.task
+            .completion
             .result
             .borrow_mut()
             .take()
@@ -240,7 +251,7 @@ impl<T> JoinHandle<T> {
 
     /// Has it finished (returned, panicked or been killed)?
     pub fn is_finished(&self) -> bool {
-        self.completion.done.get()
+        self.task.completion.done.get()
     }
 
     /// The greenlet's id.
@@ -292,14 +303,15 @@ impl<T> JoinHandle<T> {
             // Never runs: it dies here, and its death comes back to us, not to the hub.
             let _ = g.set_parent(&getcurrent());
             let _ = g.kill();
-            self.completion.complete(Err(Error::Killed));
+            self.task.completion.complete(Err(Error::Killed));
             return;
         }
-        with_hub(|hub| hub.request_kill(&self.task));
+        let task: Rc<Task> = self.task.clone();
+        with_hub(|hub| hub.request_kill(&task));
     }
 }
 
-impl<T> fmt::Debug for JoinHandle<T> {
+impl<T: 'static> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinHandle")
             .field("id", &self.id())
@@ -310,7 +322,10 @@ impl<T> fmt::Debug for JoinHandle<T> {
 }
 
 /// Waits until every handle has finished or `deadline` passes; returns how many finished.
-fn wait_all<T>(handles: &[JoinHandle<T>], deadline: Option<Instant>) -> Result<usize, Error> {
+fn wait_all<T: 'static>(
+    handles: &[JoinHandle<T>],
+    deadline: Option<Instant>,
+) -> Result<usize, Error> {
     let hub = current_hub();
     loop {
         let finished = handles.iter().filter(|h| h.is_finished()).count();
@@ -319,7 +334,7 @@ fn wait_all<T>(handles: &[JoinHandle<T>], deadline: Option<Instant>) -> Result<u
         }
         let waiter = hub.begin_wait_on(super::WaitOn::Join);
         for h in handles.iter().filter(|h| !h.is_finished()) {
-            let mut joiners = h.completion.joiners.borrow_mut();
+            let mut joiners = h.task.completion.joiners.borrow_mut();
             joiners.retain(Waiter::is_waiting);
             joiners.push(waiter.clone());
         }
@@ -349,7 +364,7 @@ fn wait_all<T>(handles: &[JoinHandle<T>], deadline: Option<Instant>) -> Result<u
 /// assert_eq!(joinall(&jobs, Some(Duration::from_millis(50))), 1);
 /// assert!(jobs[0].is_finished() && !jobs[1].is_finished());
 /// ```
-pub fn joinall<T>(handles: &[JoinHandle<T>], timeout: Option<Duration>) -> usize {
+pub fn joinall<T: 'static>(handles: &[JoinHandle<T>], timeout: Option<Duration>) -> usize {
     let deadline = timeout.map(|t| Instant::now() + t);
     match wait_all(handles, deadline) {
         Ok(n) => n,
@@ -358,7 +373,7 @@ pub fn joinall<T>(handles: &[JoinHandle<T>], timeout: Option<Duration>) -> usize
 }
 
 /// Kills every greenlet in `handles` and waits until they are all dead (gevent's `killall`).
-pub fn killall<T>(handles: &[JoinHandle<T>]) {
+pub fn killall<T: 'static>(handles: &[JoinHandle<T>]) {
     for h in handles {
         h.request_kill();
     }

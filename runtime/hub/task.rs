@@ -51,8 +51,14 @@ pub(crate) struct Scope {
 }
 
 /// The hub's view of one greenlet that blocks cooperatively.
-pub(crate) struct Task {
+///
+/// `C` is what a spawned greenlet's [`JoinHandle`](super::JoinHandle) waits on (its typed
+/// result and joiners), kept in the same allocation; the hub sees every task as
+/// `Rc<Task>` (`C = dyn Any`), other greenlets' tasks carry `()`.
+pub(crate) struct Task<C: ?Sized = dyn std::any::Any> {
     pub(crate) greenlet: Greenlet,
+    /// The task's slot in the hub's table of live tasks (for `dump()`), if any.
+    pub(crate) tracked: Cell<Option<usize>>,
     /// The sequence number of the wait in progress; 0 when not waiting.
     pub(crate) waiting: Cell<u64>,
     /// Why the last wait ended.
@@ -67,12 +73,16 @@ pub(crate) struct Task {
     pub(crate) runs: Cell<u64>,
     /// Time spent running after those switches.
     pub(crate) run_time: Cell<std::time::Duration>,
+    /// See the type's docs.
+    pub(crate) completion: C,
 }
 
-impl Task {
-    pub(crate) fn new(greenlet: Greenlet) -> Task {
+impl<C> Task<C> {
+    /// A task for `greenlet`, carrying `completion`.
+    pub(crate) fn new(greenlet: Greenlet, completion: C) -> Task<C> {
         Task {
             greenlet,
+            tracked: Cell::new(None),
             waiting: Cell::new(0),
             wake: Cell::new(Wake::Ready),
             kill_pending: Cell::new(false),
@@ -80,9 +90,12 @@ impl Task {
             waiting_on: Cell::new(WaitOn::Nothing),
             runs: Cell::new(0),
             run_time: Cell::new(std::time::Duration::ZERO),
+            completion,
         }
     }
+}
 
+impl<C: ?Sized> Task<C> {
     /// The earliest deadline among the open `Timeout` scopes.
     pub(crate) fn scope_deadline(&self) -> Option<Instant> {
         self.scopes.borrow().iter().map(|s| s.deadline).min()
