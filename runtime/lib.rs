@@ -30,6 +30,8 @@ pub mod greenlet;
 pub mod hub;
 pub mod monitor;
 pub mod net;
+pub mod pool;
+pub mod sync;
 pub mod threadpool;
 pub mod time;
 
@@ -38,5 +40,10 @@ pub use greenlet::{
     Builder, Greenlet, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
 };
 pub use hub::{HubHandle, JoinHandle, cooperate, dump, joinall, killall, spawn, spawn_later};
+pub use pool::{Group, Pool};
+pub use sync::{
+    AsyncResult, BoundedSemaphore, Channel, Event, JoinableQueue, LifoQueue, Local, Lock,
+    PriorityQueue, Queue, RLock, Semaphore,
+};
 pub use threadpool::{ThreadPool, spawn_blocking};
 pub use time::{Timeout, sleep, with_timeout};

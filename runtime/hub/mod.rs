@@ -456,6 +456,28 @@ fn raise_nofile_limit() {
     });
 }
 
+thread_local! {
+    /// Hooks run at the end of every greenlet spawned on this thread's hub.
+    static EXIT_HOOKS: RefCell<Vec<fn()>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Registers `hook` to run at the end of every greenlet spawned on this thread's hub: in
+/// that greenlet, after its function has returned, panicked or been killed, before its
+/// joiners wake. Layers above the hub use it to free per-greenlet state (`sync::Local`).
+/// A hook must not panic.
+pub(crate) fn on_spawned_exit(hook: fn()) {
+    EXIT_HOOKS.with(|hooks| hooks.borrow_mut().push(hook));
+}
+
+/// Runs the hooks registered with [`on_spawned_exit`].
+fn run_exit_hooks() {
+    let mut i = 0;
+    while let Some(hook) = EXIT_HOOKS.with(|hooks| hooks.borrow().get(i).copied()) {
+        hook();
+        i += 1;
+    }
+}
+
 /// Parks the running greenlet until `deadline`; returns early with [`Error::Timeout`] when
 /// an open `Timeout` scope expires first.
 pub(crate) fn sleep_until(deadline: Instant) -> Result<(), Error> {

@@ -131,6 +131,7 @@ impl Builder {
                         Err(Error::Panicked(p))
                     }
                 };
+                super::run_exit_hooks();
                 if let Some(task) = me.upgrade() {
                     with_hub(|hub| hub.untrack(task.as_ref()));
                     task.completion.complete(result);

@@ -1,0 +1,825 @@
+//! Groups and pools of greenlets (gevent's `gevent.pool`): [`Group`] tracks the greenlets
+//! spawned through it (join them all, kill them all, map a function over items);
+//! [`Pool`] is a group with a size limit, whose `spawn` waits while it is full.
+//!
+//! ```
+//! use std::time::Duration;
+//! use greenhub::{Pool, sleep};
+//! let pool = Pool::new(3);
+//! // At most 3 jobs at a time; results in input order, as they become ready.
+//! for r in pool.imap(1..=6, |n| { sleep(Duration::from_millis(1)); n * n }) {
+//!     println!("{}", r.unwrap());
+//! }
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::greenlet::GreenletExit;
+use crate::hub::{JoinHandle, Task, current_hub};
+use crate::sync::wait::{WaitList, deadline_in};
+
+/// How many results an `imap` over a [`Group`] holds at most (running or waiting to be
+/// read), unless set with `max_held`.
+pub const GROUP_MAX_HELD: usize = 1024;
+
+struct Member {
+    /// Its hub task, once it has started.
+    task: Option<Rc<Task>>,
+    /// Killed before it started: it must not run.
+    cancelled: bool,
+}
+
+/// The state shared by a group's handles and its members.
+struct Core {
+    limit: Option<usize>,
+    /// Slots taken: running members, and members about to be spawned.
+    used: Cell<usize>,
+    members: RefCell<HashMap<u64, Member>>,
+    next_key: Cell<u64>,
+    /// Spawners waiting for a slot (a full pool), in order.
+    spawners: WaitList,
+    /// `wait_available` callers.
+    available: WaitList,
+    /// `join` callers.
+    idle: WaitList,
+}
+
+impl Core {
+    fn new(limit: Option<usize>) -> Rc<Core> {
+        Rc::new(Core {
+            limit,
+            used: Cell::new(0),
+            members: RefCell::new(HashMap::new()),
+            next_key: Cell::new(0),
+            spawners: WaitList::new(),
+            available: WaitList::new(),
+            idle: WaitList::new(),
+        })
+    }
+
+    fn free_count(&self) -> usize {
+        self.limit
+            .map_or(usize::MAX, |l| l.saturating_sub(self.used.get()))
+    }
+
+    /// Takes a slot, waiting while the pool is full.
+    fn acquire_slot(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        if self.free_count() > 0 {
+            self.used.set(self.used.get() + 1);
+            return Ok(());
+        }
+        // A woken spawner was handed the slot of a member that ended.
+        match self
+            .spawners
+            .wait("pool slot", deadline, || self.release_slot())?
+        {
+            true => Ok(()),
+            false => Err(Error::Timeout),
+        }
+    }
+
+    /// Frees a slot: it goes to the first waiting spawner, if any.
+    fn release_slot(&self) {
+        if self.spawners.notify_one() {
+            return;
+        }
+        let used = self.used.get() - 1;
+        self.used.set(used);
+        self.available.notify_all();
+        if used == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Spawns `f` as a member; a slot is already taken for it.
+    #[track_caller]
+    fn spawn_member<F, T>(self: &Rc<Core>, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        self.members.borrow_mut().insert(
+            key,
+            Member {
+                task: None,
+                cancelled: false,
+            },
+        );
+        // Owned by the closure: it frees the slot when the job ends, or when the closure
+        // is dropped unrun (a job killed before it started).
+        let membership = Membership {
+            core: self.clone(),
+            key,
+        };
+        crate::spawn(move || {
+            let membership = membership;
+            if !membership.start() {
+                std::panic::resume_unwind(Box::new(GreenletExit));
+            }
+            f()
+        })
+    }
+
+    #[track_caller]
+    fn spawn<F, T>(self: &Rc<Core>, deadline: Option<Instant>, f: F) -> Result<JoinHandle<T>, Error>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.acquire_slot(deadline)?;
+        Ok(self.spawn_member(f))
+    }
+
+    fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        while self.used.get() > 0 {
+            if !self.idle.wait("group to finish (join)", deadline, || {})? {
+                return Err(Error::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    fn kill(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        let started: Vec<Rc<Task>> = self
+            .members
+            .borrow_mut()
+            .values_mut()
+            .filter_map(|m| {
+                if m.task.is_none() {
+                    m.cancelled = true;
+                }
+                m.task.clone()
+            })
+            .collect();
+        let hub = current_hub();
+        for task in &started {
+            hub.request_kill(task);
+        }
+        self.join(deadline)
+    }
+
+    fn wait_available(&self, deadline: Option<Instant>) -> Result<usize, Error> {
+        loop {
+            let free = self.free_count();
+            if free > 0 {
+                return Ok(free);
+            }
+            if !self.available.wait("pool slot", deadline, || {})? {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    fn map<I, F, T>(self: &Rc<Core>, items: I, f: F) -> Vec<Result<T, Error>>
+    where
+        I: IntoIterator,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        let f = Rc::new(f);
+        let jobs: Vec<Result<JoinHandle<T>, Error>> = items
+            .into_iter()
+            .map(|item| {
+                let f = f.clone();
+                self.spawn(None, move || f(item))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|job| job.and_then(JoinHandle::join))
+            .collect()
+    }
+
+    fn feed<I, F, T>(self: &Rc<Core>, items: I, f: F, ordered: bool, max_held: usize) -> Feed<T>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        let state = Rc::new(FeedState {
+            ordered,
+            entries: RefCell::new(HashMap::new()),
+            finished: RefCell::new(VecDeque::new()),
+            spawned: Cell::new(0),
+            yielded: Cell::new(0),
+            max_held: Cell::new(max_held.max(1)),
+            feeding: Cell::new(true),
+            consumer: WaitList::new(),
+            feeder: WaitList::new(),
+        });
+        let core = self.clone();
+        let st = state.clone();
+        let input = items.into_iter();
+        let feeder: Box<dyn FnOnce()> = Box::new(move || feed_loop(&core, &st, input, f));
+        Feed {
+            state,
+            start: Some(feeder),
+            feeder: None,
+        }
+    }
+}
+
+/// A member's hold on its group, owned by its closure.
+struct Membership {
+    core: Rc<Core>,
+    key: u64,
+}
+
+impl Membership {
+    /// Notes the member's task as it starts; `false` if it was killed before it started.
+    fn start(&self) -> bool {
+        let mut members = self.core.members.borrow_mut();
+        let Some(m) = members.get_mut(&self.key) else {
+            return false;
+        };
+        if m.cancelled {
+            return false;
+        }
+        m.task = Some(current_hub().current_task());
+        true
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.core.members.borrow_mut().remove(&self.key);
+        self.core.release_slot();
+    }
+}
+
+/// A job of an `imap` as the iterator sees it.
+enum Entry<T> {
+    Running(JoinHandle<T>),
+    Finished(JoinHandle<T>),
+    /// It could not be spawned (the feeder's wait for a slot failed).
+    Failed(Error),
+}
+
+struct FeedState<T> {
+    ordered: bool,
+    /// Jobs spawned and not yet yielded, by input index.
+    entries: RefCell<HashMap<usize, Entry<T>>>,
+    /// Indices of finished jobs in the order they finished (unordered only).
+    finished: RefCell<VecDeque<usize>>,
+    spawned: Cell<usize>,
+    yielded: Cell<usize>,
+    max_held: Cell<usize>,
+    feeding: Cell<bool>,
+    /// The iterator, waiting for a result.
+    consumer: WaitList,
+    /// The feeder, waiting for the iterator to make room.
+    feeder: WaitList,
+}
+
+impl<T> FeedState<T> {
+    fn job_finished(&self, index: usize) {
+        let mut entries = self.entries.borrow_mut();
+        if let Some(e) = entries.remove(&index) {
+            let e = match e {
+                Entry::Running(h) => Entry::Finished(h),
+                other => other,
+            };
+            entries.insert(index, e);
+        }
+        drop(entries);
+        if !self.ordered {
+            self.finished.borrow_mut().push_back(index);
+        }
+        self.consumer.notify_one();
+    }
+}
+
+/// Marks job `index` finished when the job ends (or its closure is dropped unrun).
+struct JobDone<T> {
+    state: Rc<FeedState<T>>,
+    index: usize,
+}
+
+impl<T> Drop for JobDone<T> {
+    fn drop(&mut self) {
+        self.state.job_finished(self.index);
+    }
+}
+
+/// Marks the feeding over when the feeder ends, however it ends.
+struct FeederDone<T>(Rc<FeedState<T>>);
+
+impl<T> Drop for FeederDone<T> {
+    fn drop(&mut self) {
+        self.0.feeding.set(false);
+        self.0.consumer.notify_one();
+    }
+}
+
+fn feed_loop<I, F, T>(core: &Rc<Core>, state: &Rc<FeedState<T>>, input: I, f: F)
+where
+    I: Iterator,
+    I::Item: 'static,
+    F: Fn(I::Item) -> T + 'static,
+    T: 'static,
+{
+    let _done = FeederDone(state.clone());
+    let f = Rc::new(f);
+    for (index, item) in input.enumerate() {
+        while state.spawned.get() - state.yielded.get() >= state.max_held.get() {
+            if state
+                .feeder
+                .wait("pool imap reader (feeder)", None, || {})
+                .is_err()
+            {
+                return;
+            }
+        }
+        let job = {
+            let f = f.clone();
+            let done = JobDone {
+                state: state.clone(),
+                index,
+            };
+            move || {
+                let _done = done;
+                f(item)
+            }
+        };
+        let entry = match core.spawn(None, job) {
+            Ok(h) => Entry::Running(h),
+            Err(e) => {
+                if !state.ordered {
+                    state.finished.borrow_mut().push_back(index);
+                }
+                Entry::Failed(e)
+            }
+        };
+        state.entries.borrow_mut().insert(index, entry);
+        state.spawned.set(state.spawned.get() + 1);
+        state.consumer.notify_one();
+    }
+}
+
+/// The machinery behind [`Imap`] and [`ImapUnordered`].
+struct Feed<T> {
+    state: Rc<FeedState<T>>,
+    /// The feeder, until the first `next` starts it.
+    start: Option<Box<dyn FnOnce()>>,
+    feeder: Option<JoinHandle<()>>,
+}
+
+impl<T: 'static> Feed<T> {
+    fn next(&mut self) -> Option<Result<T, Error>> {
+        if let Some(start) = self.start.take() {
+            self.feeder = Some(crate::hub::Builder::new().name("imap feeder").spawn(start));
+        }
+        let st = &*self.state;
+        loop {
+            let ready = if st.ordered {
+                let i = st.yielded.get();
+                matches!(
+                    st.entries.borrow().get(&i),
+                    Some(Entry::Finished(_) | Entry::Failed(_))
+                )
+                .then_some(i)
+            } else {
+                st.finished.borrow_mut().pop_front()
+            };
+            if let Some(i) = ready {
+                let entry = st.entries.borrow_mut().remove(&i);
+                st.yielded.set(st.yielded.get() + 1);
+                st.feeder.notify_one();
+                return match entry {
+                    Some(Entry::Finished(h) | Entry::Running(h)) => Some(h.join()),
+                    Some(Entry::Failed(e)) => Some(Err(e)),
+                    None => Some(Err(Error::Killed)),
+                };
+            }
+            if !st.feeding.get() && st.yielded.get() == st.spawned.get() {
+                // Done; a feeder that failed (its input panicked) reports it once.
+                return match self.feeder.take().map(JoinHandle::join) {
+                    Some(Err(e)) => Some(Err(e)),
+                    _ => None,
+                };
+            }
+            if let Err(e) = st.consumer.wait("pool imap result", None, || {}) {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn max_held(&self, n: usize) {
+        self.state.max_held.set(n.max(1));
+        self.state.feeder.notify_one();
+    }
+}
+
+impl<T> Drop for Feed<T> {
+    fn drop(&mut self) {
+        // Stop feeding; jobs already spawned run on, their results unread.
+        if let Some(feeder) = self.feeder.take()
+            && !feeder.is_finished()
+        {
+            feeder.kill();
+        }
+    }
+}
+
+/// The iterator of [`Group::imap`] / [`Pool::imap`]: one result per item, in input order.
+///
+/// Lazy: nothing is spawned until the first `next`. Then a feeder greenlet spawns jobs
+/// (waiting while the pool is full) as long as fewer than `max_held` results are running
+/// or waiting to be read. A job that panicked (the panic is reported on stderr by the hub)
+/// yields `Err(Error::Panicked)` at its place; the other jobs go on. Dropping the
+/// iterator stops the feeding; jobs already running finish on their own.
+pub struct Imap<T: 'static> {
+    feed: Feed<T>,
+}
+
+impl<T: 'static> Imap<T> {
+    /// Holds at most `n` results (running or finished, not yet read) at a time (at least
+    /// 1). The default is twice the pool's size, or [`GROUP_MAX_HELD`] for a group.
+    pub fn max_held(self, n: usize) -> Self {
+        self.feed.max_held(n);
+        self
+    }
+}
+
+impl<T: 'static> Iterator for Imap<T> {
+    type Item = Result<T, Error>;
+
+    fn next(&mut self) -> Option<Result<T, Error>> {
+        self.feed.next()
+    }
+}
+
+impl<T: 'static> fmt::Debug for Imap<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("yielded", &self.feed.state.yielded.get())
+            .finish()
+    }
+}
+
+/// The iterator of [`Group::imap_unordered`] / [`Pool::imap_unordered`]: one result per
+/// item, in the order the jobs finish. Otherwise as [`Imap`].
+pub struct ImapUnordered<T: 'static> {
+    feed: Feed<T>,
+}
+
+impl<T: 'static> ImapUnordered<T> {
+    /// Holds at most `n` results (running or finished, not yet read) at a time (at least
+    /// 1). The default is twice the pool's size, or [`GROUP_MAX_HELD`] for a group.
+    pub fn max_held(self, n: usize) -> Self {
+        self.feed.max_held(n);
+        self
+    }
+}
+
+impl<T: 'static> Iterator for ImapUnordered<T> {
+    type Item = Result<T, Error>;
+
+    fn next(&mut self) -> Option<Result<T, Error>> {
+        self.feed.next()
+    }
+}
+
+impl<T: 'static> fmt::Debug for ImapUnordered<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImapUnordered")
+            .field("yielded", &self.feed.state.yielded.get())
+            .finish()
+    }
+}
+
+/// A set of greenlets spawned through it (gevent's `Group`): join them all, kill them all,
+/// map a function over items. A greenlet leaves the group when it ends.
+///
+/// Cloning makes another handle to the same group; it is `!Send`.
+///
+/// ```
+/// use std::time::Duration;
+/// use greenhub::{Group, sleep};
+/// let group = Group::new();
+/// for i in 0..3 {
+///     group.spawn(move || sleep(Duration::from_millis(i)));
+/// }
+/// assert_eq!(group.len(), 3);
+/// group.join(None).unwrap();
+/// assert!(group.is_empty());
+/// ```
+#[derive(Clone)]
+pub struct Group {
+    core: Rc<Core>,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group::new()
+    }
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group").field("len", &self.len()).finish()
+    }
+}
+
+impl Group {
+    /// An empty group.
+    pub fn new() -> Group {
+        Group {
+            core: Core::new(None),
+        }
+    }
+
+    /// Spawns `f` on the hub as a member of the group (see [`spawn`](crate::spawn)).
+    #[track_caller]
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.core.used.set(self.core.used.get() + 1);
+        self.core.spawn_member(f)
+    }
+
+    /// How many members are alive.
+    pub fn len(&self) -> usize {
+        self.core.members.borrow().len()
+    }
+
+    /// Has it no live members?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until every member has ended (including ones spawned meanwhile), or
+    /// `timeout` passes (gevent's `join`).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if members are still alive after `timeout` (or an enclosing
+    /// [`Timeout`](crate::Timeout) scope expires), [`Error::BlockForever`] if they can
+    /// never end.
+    pub fn join(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.core.join(timeout.map(deadline_in))
+    }
+
+    /// Kills every member and waits until they are all dead (gevent's `kill`). Members
+    /// that have not started never run.
+    pub fn kill(&self) {
+        let _ = self.core.kill(None);
+    }
+
+    /// Like [`kill`](Group::kill), waiting at most `timeout` for them to die.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if some are still alive then.
+    pub fn kill_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.core.kill(Some(deadline_in(timeout)))
+    }
+
+    /// Runs `f` on every item, each in its own member greenlet, and returns the results
+    /// in input order once all have finished (gevent's `map`).
+    ///
+    /// ```
+    /// let squares = greenhub::Group::new().map(1..=4, |n: u64| n * n);
+    /// let squares: Vec<u64> = squares.into_iter().map(Result::unwrap).collect();
+    /// assert_eq!(squares, [1, 4, 9, 16]);
+    /// ```
+    pub fn map<I, F, T>(&self, items: I, f: F) -> Vec<Result<T, Error>>
+    where
+        I: IntoIterator,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        self.core.map(items, f)
+    }
+
+    /// Runs `f` on every item, each in its own member greenlet, and yields the results in
+    /// input order as they become ready (gevent's `imap`); see [`Imap`].
+    pub fn imap<I, F, T>(&self, items: I, f: F) -> Imap<T>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        Imap {
+            feed: self.core.feed(items, f, true, GROUP_MAX_HELD),
+        }
+    }
+
+    /// Like [`imap`](Group::imap), yielding results in the order the jobs finish (gevent's
+    /// `imap_unordered`).
+    pub fn imap_unordered<I, F, T>(&self, items: I, f: F) -> ImapUnordered<T>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        ImapUnordered {
+            feed: self.core.feed(items, f, false, GROUP_MAX_HELD),
+        }
+    }
+}
+
+/// A [`Group`] with a size limit (gevent's `Pool`): at most `size` members run at a time;
+/// [`spawn`](Pool::spawn) waits cooperatively (in FIFO order) while the pool is full.
+///
+/// Cloning makes another handle to the same pool; it is `!Send`.
+///
+/// ```
+/// use std::time::Duration;
+/// use greenhub::{Pool, sleep};
+/// let pool = Pool::new(2);
+/// for i in 0..5 {
+///     // The third spawn waits until one of the first two jobs has ended.
+///     pool.spawn(move || sleep(Duration::from_millis(i))).unwrap();
+///     assert!(pool.len() <= 2);
+/// }
+/// pool.join(None).unwrap();
+/// assert_eq!(pool.free_count(), 2);
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    core: Rc<Core>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.size())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool of at most `size` running members.
+    ///
+    /// # Panics
+    /// If `size` is 0.
+    pub fn new(size: usize) -> Pool {
+        assert!(size > 0, "greenhub: a pool's size must be at least 1");
+        Pool {
+            core: Core::new(Some(size)),
+        }
+    }
+
+    /// The most members that run at a time.
+    pub fn size(&self) -> usize {
+        self.core.limit.unwrap_or(usize::MAX)
+    }
+
+    /// Spawns `f` as a member, waiting cooperatively while the pool is full.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if an enclosing [`Timeout`](crate::Timeout) scope expires while
+    /// it waits, [`Error::BlockForever`] if no member can ever end; `f` is then not run.
+    #[track_caller]
+    pub fn spawn<F, T>(&self, f: F) -> Result<JoinHandle<T>, Error>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.core.spawn(None, f)
+    }
+
+    /// Like [`spawn`](Pool::spawn), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the pool is still full after `timeout`; as
+    /// [`spawn`](Pool::spawn) otherwise.
+    #[track_caller]
+    pub fn spawn_timeout<F, T>(&self, timeout: Duration, f: F) -> Result<JoinHandle<T>, Error>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.core.spawn(Some(deadline_in(timeout)), f)
+    }
+
+    /// How many more members could start now without waiting.
+    pub fn free_count(&self) -> usize {
+        self.core.free_count()
+    }
+
+    /// Waits until a member could start without waiting, or `timeout` passes; returns
+    /// [`free_count`](Pool::free_count) (gevent's `wait_available`).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the pool is still full after `timeout`;
+    /// [`Error::BlockForever`] if no member can ever end.
+    pub fn wait_available(&self, timeout: Option<Duration>) -> Result<usize, Error> {
+        self.core.wait_available(timeout.map(deadline_in))
+    }
+
+    /// How many members are alive.
+    pub fn len(&self) -> usize {
+        self.core.members.borrow().len()
+    }
+
+    /// Has it no live members?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until every member has ended, or `timeout` passes; see [`Group::join`].
+    ///
+    /// # Errors
+    /// As [`Group::join`].
+    pub fn join(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.core.join(timeout.map(deadline_in))
+    }
+
+    /// Kills every member and waits until they are all dead; see [`Group::kill`].
+    pub fn kill(&self) {
+        let _ = self.core.kill(None);
+    }
+
+    /// Like [`kill`](Pool::kill), waiting at most `timeout` for them to die.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if some are still alive then.
+    pub fn kill_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.core.kill(Some(deadline_in(timeout)))
+    }
+
+    /// Runs `f` on every item in the pool (at most `size` at a time) and returns the
+    /// results in input order; see [`Group::map`]. An item whose job could not be spawned
+    /// (an expired [`Timeout`](crate::Timeout) scope) gets that error.
+    ///
+    /// ```
+    /// let pool = greenhub::Pool::new(2);
+    /// let lens: Vec<_> = pool.map(["a", "bb", "ccc"], |s: &str| s.len());
+    /// assert_eq!(lens.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [1, 2, 3]);
+    /// ```
+    pub fn map<I, F, T>(&self, items: I, f: F) -> Vec<Result<T, Error>>
+    where
+        I: IntoIterator,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        self.core.map(items, f)
+    }
+
+    /// Runs `f` on every item in the pool and yields the results in input order, lazily,
+    /// holding at most twice the pool's size of results at a time (eventlet's
+    /// `GreenPool.imap`); see [`Imap`].
+    ///
+    /// ```
+    /// use greenhub::{Error, Pool};
+    /// let pool = Pool::new(4);
+    /// let mut results = pool.imap(0..5, |n: u32| {
+    ///     if n == 2 {
+    ///         panic!("bad item"); // reported on stderr; the other jobs go on
+    ///     }
+    ///     n * 10
+    /// });
+    /// assert_eq!(results.next().unwrap().unwrap(), 0);
+    /// assert_eq!(results.next().unwrap().unwrap(), 10);
+    /// assert!(matches!(results.next().unwrap(), Err(Error::Panicked(_))));
+    /// assert_eq!(results.map(Result::unwrap).collect::<Vec<_>>(), [30, 40]);
+    /// ```
+    pub fn imap<I, F, T>(&self, items: I, f: F) -> Imap<T>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        Imap {
+            feed: self.core.feed(items, f, true, self.default_max_held()),
+        }
+    }
+
+    /// Like [`imap`](Pool::imap), yielding results in the order the jobs finish.
+    pub fn imap_unordered<I, F, T>(&self, items: I, f: F) -> ImapUnordered<T>
+    where
+        I: IntoIterator,
+        I::IntoIter: 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> T + 'static,
+        T: 'static,
+    {
+        ImapUnordered {
+            feed: self.core.feed(items, f, false, self.default_max_held()),
+        }
+    }
+
+    fn default_max_held(&self) -> usize {
+        self.size().saturating_mul(2)
+    }
+}
