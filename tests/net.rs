@@ -4,6 +4,9 @@
 //! The example tests run binaries from target/<profile>/examples: `cargo test` builds them;
 //! with `cargo test --test net` build them first (`cargo build --release --examples`).
 
+mod common;
+
+use common::example;
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -977,25 +980,6 @@ fn emfile_backoff_serves_open_connections_and_recovers() {
 }
 
 // ---- the examples ----
-
-/// target/<profile>/examples/<name>, next to this test's own binary in target/<profile>/deps.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo test` builds the examples; with `cargo test --test net` \
-         run `cargo build --release --examples` first",
-        p.display()
-    );
-    p
-}
 
 /// Starts a serving example on a free port; returns it and the address it printed.
 fn start_example(name: &str) -> (std::process::Child, String) {

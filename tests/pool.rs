@@ -1,6 +1,8 @@
 //! Group and Pool: membership, join, kill, the size limit (asserted from inside the
 //! jobs), map / imap / imap_unordered, panics in jobs.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -361,53 +363,21 @@ fn pool_of_zero_is_refused() {
 
 // ---------------------------------------------------------------- the seed examples
 
-/// target/<profile>/examples/<name>, built by `cargo test` (not by `--test pool` alone).
-fn run_example(name: &str) -> Option<String> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if !path.exists() {
-        eprintln!("examples not built (run `cargo test`): {name} skipped");
-        return None;
-    }
-    let mut child = std::process::Command::new(path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(30) {
-            child.kill().unwrap();
-            panic!("{name} hung for 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8(out.stdout).unwrap())
-}
-
 #[test]
 fn pool_imap_example_prints_bodies_in_url_order() {
-    if let Some(out) = run_example("pool_imap") {
-        assert_eq!(
-            out,
-            "('got body', 17629)\n('got body', 1270)\n('got body', 46949)\n"
-        );
-    }
+    let out = common::example_stdout("pool_imap", &[]);
+    assert_eq!(
+        out,
+        "('got body', 17629)\n('got body', 1270)\n('got body', 46949)\n"
+    );
 }
 
 #[test]
 fn dns_jobs_example_prints_the_addresses() {
-    if let Some(out) = run_example("dns_jobs") {
-        let out = out.trim();
-        assert!(
-            out.starts_with("['127.0.0.1', ") && out.ends_with(", '127.0.0.1']"),
-            "{out}"
-        );
-    }
+    let out = common::example_stdout("dns_jobs", &[]);
+    let out = out.trim();
+    assert!(
+        out.starts_with("['127.0.0.1', ") && out.ends_with(", '127.0.0.1']"),
+        "{out}"
+    );
 }

@@ -1,6 +1,8 @@
 //! Events, queues, channels, semaphores, locks and greenlet-local storage: every rule,
 //! including timeouts on each wait, FIFO wake order, close semantics and killed waiters.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -830,32 +832,9 @@ fn local_values_of_plain_greenlets_are_swept_and_dropping_the_local_drops_all() 
 
 // ---------------------------------------------------------------- the seed example
 
-/// target/<profile>/examples/<name>, built by `cargo test` (not by `--test sync` alone).
-fn example(name: &str) -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    path.exists().then_some(path)
-}
-
 #[test]
 fn producer_consumer_example_prints_what_seed_003_prints() {
-    let Some(bin) = example("producer_consumer") else {
-        eprintln!("examples not built (run `cargo test`): skipped");
-        return;
-    };
-    let mut child = std::process::Command::new(bin)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(30) {
-            child.kill().unwrap();
-            panic!("producer_consumer hung for 30 s");
-        }
-        std::thread::sleep(10 * MS);
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_example("producer_consumer", &[], Duration::from_secs(30));
     assert!(out.status.success());
     let out = String::from_utf8(out.stdout).unwrap();
     let mut expected = vec!["put 0".to_string(), "get 0".to_string()];
