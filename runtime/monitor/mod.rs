@@ -194,6 +194,7 @@ fn watch() {
         std::thread::sleep(tick);
         let now = Instant::now();
         refresh(&mut watches, now);
+        let mut warm_up = false;
         for w in &mut watches {
             let switches = w.probe.switches.load(Ordering::Relaxed);
             let watched = !w.probe.exited.load(Ordering::Relaxed)
@@ -209,16 +210,11 @@ fn watch() {
                 continue;
             }
             let ran = now - w.since;
-            if !symbolizer_warm
-                && config
-                    .max_blocking_time
-                    .is_some_and(|limit| ran >= limit / 2)
+            if config
+                .max_blocking_time
+                .is_some_and(|limit| ran >= limit / 2)
             {
-                // A report may be coming: load the debug info now (resolving our own stack
-                // touches the binary's and std's units), so that it is not late by the
-                // time that takes. Programs that never block never pay for it.
-                warm_symbolizer();
-                symbolizer_warm = true;
+                warm_up = !symbolizer_warm;
             }
             if !w.preempt_asked && config.time_slice.is_some_and(|slice| ran >= slice) {
                 w.probe.preempt.store(true, Ordering::Relaxed);
@@ -232,6 +228,14 @@ fn watch() {
                 report::deliver(&config, &episode.report);
                 w.reported = Some(episode);
             }
+        }
+        if warm_up {
+            // A report may be coming: load the debug info now (resolving our own stack
+            // touches the binary's and std's units), so that it is not late by the time
+            // that takes. After this tick's captures, so it never delays one; programs
+            // that never block never pay for it.
+            warm_symbolizer();
+            symbolizer_warm = true;
         }
     }
 }

@@ -204,8 +204,18 @@ impl<S: AsFd> Io<S> {
         Ok(())
     }
 
-    fn set_nonblocking(&self, nonblocking: bool) {
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.read_timeout.get())
+    }
+
+    fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.write_timeout.get())
+    }
+
+    /// In non-blocking mode a call that would wait returns `WouldBlock` instead.
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         self.nonblocking.set(nonblocking);
+        Ok(())
     }
 }
 
@@ -224,6 +234,203 @@ fn into_owned_fd<S: AsFd + Into<std::os::fd::OwnedFd>>(io: Rc<Io<S>>) -> std::os
             .expect("greenhub: cannot duplicate a shared socket's file descriptor"),
     }
 }
+
+/// Declares std-twin socket methods, each a one-line delegation written once here. Each
+/// entry is the method's docs and signature (without `pub` and body), prefixed by where
+/// the call goes:
+///
+/// - no prefix: to the socket's own method of that name;
+/// - `read` / `write`: likewise, waiting cooperatively until the socket is ready (bounded
+///   by the read or write timeout);
+/// - `io`: to the shared [`Io`]'s method of that name (timeouts, non-blocking mode);
+/// - `share`: `try_clone`, another handle to the same `Io`.
+///
+/// Used inside `impl T` of a type whose `io` field is an `Rc<Io<_>>`.
+macro_rules! socket_methods {
+    () => {};
+    ($(#[$doc:meta])* fn $($rest:tt)*) => {
+        $crate::net::socket_methods!($(#[$doc])* sock fn $($rest)*);
+    };
+    (
+        $(#[$doc:meta])*
+        $to:ident fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;
+        $($rest:tt)*
+    ) => {
+        $(#[$doc])*
+        pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+            $crate::net::socket_methods!(@call self, $to $name($($arg),*))
+        }
+        $crate::net::socket_methods!($($rest)*);
+    };
+    (@call $self:ident, sock $name:ident($($arg:ident),*)) => {
+        $self.io.sock.$name($($arg),*)
+    };
+    (@call $self:ident, read $name:ident($($arg:ident),*)) => {
+        $self.io.read_with(|s| s.$name($($arg),*))
+    };
+    (@call $self:ident, write $name:ident($($arg:ident),*)) => {
+        $self.io.write_with(|s| s.$name($($arg),*))
+    };
+    (@call $self:ident, io $name:ident($($arg:ident),*)) => {
+        $self.io.$name($($arg),*)
+    };
+    (@call $self:ident, share try_clone()) => {
+        Ok(Self {
+            io: $self.io.clone(),
+        })
+    };
+}
+pub(crate) use socket_methods;
+
+/// `Read` and `Write` for a stream type and for a shared reference to it, waiting
+/// cooperatively (`&T` lets one greenlet read while another writes).
+macro_rules! stream_io_impls {
+    ($t:ty) => {
+        impl ::std::io::Read for &$t {
+            fn read(&mut self, buf: &mut [u8]) -> ::std::io::Result<usize> {
+                self.io
+                    .read_with(|mut s| ::std::io::Read::read(&mut s, buf))
+            }
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [::std::io::IoSliceMut<'_>],
+            ) -> ::std::io::Result<usize> {
+                self.io
+                    .read_with(|mut s| ::std::io::Read::read_vectored(&mut s, bufs))
+            }
+        }
+
+        impl ::std::io::Write for &$t {
+            fn write(&mut self, buf: &[u8]) -> ::std::io::Result<usize> {
+                self.io
+                    .write_with(|mut s| ::std::io::Write::write(&mut s, buf))
+            }
+            fn write_vectored(
+                &mut self,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::io::Result<usize> {
+                self.io
+                    .write_with(|mut s| ::std::io::Write::write_vectored(&mut s, bufs))
+            }
+            fn flush(&mut self) -> ::std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl ::std::io::Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> ::std::io::Result<usize> {
+                ::std::io::Read::read(&mut &*self, buf)
+            }
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [::std::io::IoSliceMut<'_>],
+            ) -> ::std::io::Result<usize> {
+                ::std::io::Read::read_vectored(&mut &*self, bufs)
+            }
+        }
+
+        impl ::std::io::Write for $t {
+            fn write(&mut self, buf: &[u8]) -> ::std::io::Result<usize> {
+                ::std::io::Write::write(&mut &*self, buf)
+            }
+            fn write_vectored(
+                &mut self,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::io::Result<usize> {
+                ::std::io::Write::write_vectored(&mut &*self, bufs)
+            }
+            fn flush(&mut self) -> ::std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use stream_io_impls;
+
+/// The trait impls every socket type has: `Debug` (its name, the addresses its
+/// `{ field: getter }` list gives where known, and its fd), the fd traits, and
+/// `From<$std>` (through `from_std`).
+macro_rules! socket_impls {
+    ($t:ident, $std:ty, { $($field:ident: $getter:ident),* }) => {
+        impl ::std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let mut d = f.debug_struct(stringify!($t));
+                $(
+                    if let Ok(a) = self.$getter() {
+                        d.field(stringify!($field), &a);
+                    }
+                )*
+                d.field("fd", &::std::os::fd::AsRawFd::as_raw_fd(self))
+                    .finish()
+            }
+        }
+
+        impl ::std::os::fd::AsFd for $t {
+            fn as_fd(&self) -> ::std::os::fd::BorrowedFd<'_> {
+                ::std::os::fd::AsFd::as_fd(&self.io.sock)
+            }
+        }
+
+        impl ::std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> ::std::os::fd::RawFd {
+                ::std::os::fd::AsRawFd::as_raw_fd(&self.io.sock)
+            }
+        }
+
+        impl ::std::os::fd::IntoRawFd for $t {
+            /// Deregisters the socket and gives up its fd, still in non-blocking mode. If
+            /// other handles share it (`try_clone`), returns a duplicate instead.
+            ///
+            /// # Panics
+            /// If that duplicate cannot be made (out of file descriptors).
+            fn into_raw_fd(self) -> ::std::os::fd::RawFd {
+                ::std::os::fd::IntoRawFd::into_raw_fd($crate::net::into_owned_fd(self.io))
+            }
+        }
+
+        impl From<$t> for ::std::os::fd::OwnedFd {
+            /// As [`IntoRawFd::into_raw_fd`](std::os::fd::IntoRawFd::into_raw_fd).
+            fn from(s: $t) -> ::std::os::fd::OwnedFd {
+                $crate::net::into_owned_fd(s.io)
+            }
+        }
+
+        impl ::std::os::fd::FromRawFd for $t {
+            /// Takes ownership of `fd` and registers it with this thread's hub, as
+            /// `From<std type>`.
+            ///
+            /// # Safety
+            /// `fd` must be an open socket of the right kind, owned by nobody else.
+            ///
+            /// # Panics
+            /// As `From<std type>`.
+            unsafe fn from_raw_fd(fd: ::std::os::fd::RawFd) -> $t {
+                // SAFETY: the caller guarantees that `fd` is an open socket of this kind
+                // that nobody else owns, which is what std's `from_raw_fd` requires.
+                let s = unsafe { <$std as ::std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                $t::from(s)
+            }
+        }
+
+        impl From<$std> for $t {
+            /// Converts the std socket: non-blocking mode, registered with this thread's
+            /// hub (see `from_std` for the fallible version).
+            ///
+            /// # Panics
+            /// If the socket cannot be made non-blocking or registered (a descriptor that
+            /// is not a socket, or one already registered with this hub).
+            fn from(s: $std) -> $t {
+                $t::from_std(s).unwrap_or_else(|e| {
+                    panic!(
+                        "greenhub: cannot convert a {} into a cooperative socket: {e}",
+                        stringify!($std)
+                    )
+                })
+            }
+        }
+    };
+}
+pub(crate) use socket_impls;
 
 fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + t)

@@ -1,14 +1,12 @@
 //! TCP: [`TcpListener`] and [`TcpStream`], cooperative twins of std's.
 
-use std::fmt;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io;
 use std::net::{self, Shutdown, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::addr::each_addr;
-use super::{Io, ToSocketAddrs, into_owned_fd};
+use super::{Io, ToSocketAddrs, socket_impls, socket_methods, stream_io_impls};
 use crate::hub::Direction;
 
 /// A TCP socket server, listening for connections: std's
@@ -71,56 +69,43 @@ impl TcpListener {
         Incoming { listener: self }
     }
 
-    /// The address it listens on.
-    ///
-    /// # Errors
-    /// The `getsockname` error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
-    }
+    socket_methods! {
+        /// The address it listens on.
+        ///
+        /// # Errors
+        /// The `getsockname` error.
+        fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Another handle to the same listener (sharing its registration; see the
-    /// [module rules](super#rules)). Never fails; `io::Result` for std's signature.
-    ///
-    /// # Errors
-    /// None.
-    pub fn try_clone(&self) -> io::Result<TcpListener> {
-        Ok(TcpListener {
-            io: self.io.clone(),
-        })
-    }
+        /// Another handle to the same listener (sharing its registration; see the
+        /// [module rules](super#rules)). Never fails; `io::Result` for std's signature.
+        ///
+        /// # Errors
+        /// None.
+        share fn try_clone(&self) -> io::Result<TcpListener>;
 
-    /// Sets `IP_TTL`.
-    ///
-    /// # Errors
-    /// The `setsockopt` error.
-    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.io.sock.set_ttl(ttl)
-    }
+        /// Sets `IP_TTL`.
+        ///
+        /// # Errors
+        /// The `setsockopt` error.
+        fn set_ttl(&self, ttl: u32) -> io::Result<()>;
 
-    /// `IP_TTL`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn ttl(&self) -> io::Result<u32> {
-        self.io.sock.ttl()
-    }
+        /// `IP_TTL`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn ttl(&self) -> io::Result<u32>;
 
-    /// Takes the pending `SO_ERROR`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
-    }
+        /// Takes the pending `SO_ERROR`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn take_error(&self) -> io::Result<Option<io::Error>>;
 
-    /// In non-blocking mode `accept` returns `WouldBlock` instead of parking.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.io.set_nonblocking(nonblocking);
-        Ok(())
+        /// In non-blocking mode `accept` returns `WouldBlock` instead of parking.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
     }
 
     /// Converts a std listener, switching it to non-blocking mode and registering it with
@@ -145,16 +130,6 @@ impl Iterator for Incoming<'_> {
     type Item = io::Result<TcpStream>;
     fn next(&mut self) -> Option<io::Result<TcpStream>> {
         Some(self.listener.accept().map(|(s, _)| s))
-    }
-}
-
-impl fmt::Debug for TcpListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("TcpListener");
-        if let Ok(a) = self.local_addr() {
-            d.field("addr", &a);
-        }
-        d.field("fd", &self.as_raw_fd()).finish()
     }
 }
 
@@ -253,267 +228,114 @@ impl TcpStream {
         TcpStream::from_nonblocking(stream)
     }
 
-    /// The remote address.
-    ///
-    /// # Errors
-    /// `NotConnected` when not connected.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
-    }
+    socket_methods! {
+        /// The remote address.
+        ///
+        /// # Errors
+        /// `NotConnected` when not connected.
+        fn peer_addr(&self) -> io::Result<SocketAddr>;
 
-    /// The local address.
-    ///
-    /// # Errors
-    /// The `getsockname` error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
-    }
+        /// The local address.
+        ///
+        /// # Errors
+        /// The `getsockname` error.
+        fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Shuts down the read half, the write half or both (the peer reads end-of-file after
-    /// a write shutdown).
-    ///
-    /// # Errors
-    /// `NotConnected` when not connected.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.io.sock.shutdown(how)
-    }
+        /// Shuts down the read half, the write half or both (the peer reads end-of-file after
+        /// a write shutdown).
+        ///
+        /// # Errors
+        /// `NotConnected` when not connected.
+        fn shutdown(&self, how: Shutdown) -> io::Result<()>;
 
-    /// Another handle to the same connection, sharing its registration, timeouts and
-    /// non-blocking mode (see the [module rules](super#rules)). Never fails; `io::Result`
-    /// for std's signature.
-    ///
-    /// # Errors
-    /// None.
-    pub fn try_clone(&self) -> io::Result<TcpStream> {
-        Ok(TcpStream {
-            io: self.io.clone(),
-        })
-    }
+        /// Another handle to the same connection, sharing its registration, timeouts and
+        /// non-blocking mode (see the [module rules](super#rules)). Never fails; `io::Result`
+        /// for std's signature.
+        ///
+        /// # Errors
+        /// None.
+        share fn try_clone(&self) -> io::Result<TcpStream>;
 
-    /// Bounds every later read (and `peek`) call: one that waits longer fails with
-    /// `TimedOut`. `None` waits forever.
-    ///
-    /// ```
-    /// use std::{io::Read, time::Duration};
-    /// let l = greenhub::net::TcpListener::bind("127.0.0.1:0")?;
-    /// let mut s = greenhub::net::TcpStream::connect(l.local_addr()?)?;
-    /// s.set_read_timeout(Some(Duration::from_millis(10)))?;
-    /// let err = s.read(&mut [0; 8]).unwrap_err(); // nobody writes
-    /// assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.set_read_timeout(timeout)
-    }
+        /// Bounds every later read (and `peek`) call: one that waits longer fails with
+        /// `TimedOut`. `None` waits forever.
+        ///
+        /// ```
+        /// use std::{io::Read, time::Duration};
+        /// let l = greenhub::net::TcpListener::bind("127.0.0.1:0")?;
+        /// let mut s = greenhub::net::TcpStream::connect(l.local_addr()?)?;
+        /// s.set_read_timeout(Some(Duration::from_millis(10)))?;
+        /// let err = s.read(&mut [0; 8]).unwrap_err(); // nobody writes
+        /// assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        /// # Ok::<(), std::io::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+        io fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// Bounds every later write call; see [`set_read_timeout`](TcpStream::set_read_timeout).
-    ///
-    /// # Errors
-    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.set_write_timeout(timeout)
-    }
+        /// Bounds every later write call; see [`set_read_timeout`](TcpStream::set_read_timeout).
+        ///
+        /// # Errors
+        /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+        io fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// The read timeout.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.io.read_timeout.get())
-    }
+        /// The read timeout.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn read_timeout(&self) -> io::Result<Option<Duration>>;
 
-    /// The write timeout.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.io.write_timeout.get())
-    }
+        /// The write timeout.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn write_timeout(&self) -> io::Result<Option<Duration>>;
 
-    /// Reads without removing the data from the queue, parking until some arrives.
-    ///
-    /// # Errors
-    /// As `read`.
-    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read_with(|s| s.peek(buf))
-    }
+        /// Reads without removing the data from the queue, parking until some arrives.
+        ///
+        /// # Errors
+        /// As `read`.
+        read fn peek(&self, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Sets `TCP_NODELAY` (disables Nagle's algorithm).
-    ///
-    /// # Errors
-    /// The `setsockopt` error.
-    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.io.sock.set_nodelay(nodelay)
-    }
+        /// Sets `TCP_NODELAY` (disables Nagle's algorithm).
+        ///
+        /// # Errors
+        /// The `setsockopt` error.
+        fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
 
-    /// `TCP_NODELAY`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn nodelay(&self) -> io::Result<bool> {
-        self.io.sock.nodelay()
-    }
+        /// `TCP_NODELAY`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn nodelay(&self) -> io::Result<bool>;
 
-    /// Sets `IP_TTL`.
-    ///
-    /// # Errors
-    /// The `setsockopt` error.
-    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.io.sock.set_ttl(ttl)
-    }
+        /// Sets `IP_TTL`.
+        ///
+        /// # Errors
+        /// The `setsockopt` error.
+        fn set_ttl(&self, ttl: u32) -> io::Result<()>;
 
-    /// `IP_TTL`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn ttl(&self) -> io::Result<u32> {
-        self.io.sock.ttl()
-    }
+        /// `IP_TTL`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn ttl(&self) -> io::Result<u32>;
 
-    /// Takes the pending `SO_ERROR`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
-    }
+        /// Takes the pending `SO_ERROR`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn take_error(&self) -> io::Result<Option<io::Error>>;
 
-    /// In non-blocking mode calls return `WouldBlock` instead of parking.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.io.set_nonblocking(nonblocking);
-        Ok(())
+        /// In non-blocking mode calls return `WouldBlock` instead of parking.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
     }
 }
 
-impl Read for &TcpStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read_with(|mut s| s.read(buf))
-    }
-    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        self.io.read_with(|mut s| s.read_vectored(bufs))
-    }
-}
+stream_io_impls!(TcpStream);
 
-impl Write for &TcpStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write_with(|mut s| s.write(buf))
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io.write_with(|mut s| s.write_vectored(bufs))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Read for TcpStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
-    }
-    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        (&*self).read_vectored(bufs)
-    }
-}
-
-impl Write for TcpStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&*self).write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl fmt::Debug for TcpStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("TcpStream");
-        if let Ok(a) = self.local_addr() {
-            d.field("addr", &a);
-        }
-        if let Ok(a) = self.peer_addr() {
-            d.field("peer", &a);
-        }
-        d.field("fd", &self.as_raw_fd()).finish()
-    }
-}
-
-macro_rules! fd_impls {
-    ($t:ident, $std:ty, $from_std:path) => {
-        impl AsFd for $t {
-            fn as_fd(&self) -> BorrowedFd<'_> {
-                self.io.sock.as_fd()
-            }
-        }
-
-        impl AsRawFd for $t {
-            fn as_raw_fd(&self) -> RawFd {
-                self.io.sock.as_raw_fd()
-            }
-        }
-
-        impl IntoRawFd for $t {
-            /// Deregisters the socket and gives up its fd, still in non-blocking mode. If
-            /// other handles share it (`try_clone`), returns a duplicate instead.
-            ///
-            /// # Panics
-            /// If that duplicate cannot be made (out of file descriptors).
-            fn into_raw_fd(self) -> RawFd {
-                into_owned_fd(self.io).into_raw_fd()
-            }
-        }
-
-        impl From<$t> for OwnedFd {
-            /// As [`IntoRawFd::into_raw_fd`].
-            fn from(s: $t) -> OwnedFd {
-                into_owned_fd(s.io)
-            }
-        }
-
-        impl FromRawFd for $t {
-            /// Takes ownership of `fd` and registers it with this thread's hub, as
-            /// `From<std type>`.
-            ///
-            /// # Safety
-            /// `fd` must be an open socket of the right kind, owned by nobody else.
-            ///
-            /// # Panics
-            /// As `From<std type>`.
-            unsafe fn from_raw_fd(fd: RawFd) -> $t {
-                // SAFETY: the caller guarantees that `fd` is an open socket of this kind
-                // that nobody else owns, which is what std's `from_raw_fd` requires.
-                let s = unsafe { <$std>::from_raw_fd(fd) };
-                $t::from(s)
-            }
-        }
-
-        impl From<$std> for $t {
-            /// Converts the std socket: non-blocking mode, registered with this thread's
-            /// hub (see `from_std` for the fallible version).
-            ///
-            /// # Panics
-            /// If the socket cannot be made non-blocking or registered (a descriptor that
-            /// is not a socket, or one already registered with this hub).
-            fn from(s: $std) -> $t {
-                $from_std(s).unwrap_or_else(|e| {
-                    panic!(
-                        "greenhub: cannot convert a {} into a cooperative socket: {e}",
-                        stringify!($std)
-                    )
-                })
-            }
-        }
-    };
-}
-pub(crate) use fd_impls;
-
-fd_impls!(TcpListener, net::TcpListener, TcpListener::from_std);
-fd_impls!(TcpStream, net::TcpStream, TcpStream::from_std);
+socket_impls!(TcpListener, net::TcpListener, { addr: local_addr });
+socket_impls!(TcpStream, net::TcpStream, { addr: local_addr, peer: peer_addr });

@@ -1,17 +1,14 @@
 //! Unix domain sockets: [`UnixListener`], [`UnixStream`] and [`UnixDatagram`],
 //! cooperative twins of `std::os::unix::net`.
 
-use std::fmt;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{self, SocketAddr};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::tcp::fd_impls;
-use super::{Io, into_owned_fd};
+use super::{Io, socket_impls, socket_methods, stream_io_impls};
 
 /// A Unix stream socket server: std's [`UnixListener`](std::os::unix::net::UnixListener),
 /// cooperative.
@@ -90,39 +87,30 @@ impl UnixListener {
         UnixIncoming { listener: self }
     }
 
-    /// The address it listens on.
-    ///
-    /// # Errors
-    /// The `getsockname` error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
-    }
+    socket_methods! {
+        /// The address it listens on.
+        ///
+        /// # Errors
+        /// The `getsockname` error.
+        fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Another handle to the same listener, sharing its registration.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn try_clone(&self) -> io::Result<UnixListener> {
-        Ok(UnixListener {
-            io: self.io.clone(),
-        })
-    }
+        /// Another handle to the same listener, sharing its registration.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        share fn try_clone(&self) -> io::Result<UnixListener>;
 
-    /// Takes the pending `SO_ERROR`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
-    }
+        /// Takes the pending `SO_ERROR`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn take_error(&self) -> io::Result<Option<io::Error>>;
 
-    /// In non-blocking mode `accept` returns `WouldBlock` instead of parking.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.io.set_nonblocking(nonblocking);
-        Ok(())
+        /// In non-blocking mode `accept` returns `WouldBlock` instead of parking.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
     }
 }
 
@@ -136,16 +124,6 @@ impl Iterator for UnixIncoming<'_> {
     type Item = io::Result<UnixStream>;
     fn next(&mut self) -> Option<io::Result<UnixStream>> {
         Some(self.listener.accept().map(|(s, _)| s))
-    }
-}
-
-impl fmt::Debug for UnixListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("UnixListener");
-        if let Ok(a) = self.local_addr() {
-            d.field("addr", &a);
-        }
-        d.field("fd", &self.as_raw_fd()).finish()
     }
 }
 
@@ -218,88 +196,67 @@ impl UnixStream {
         UnixStream::from_nonblocking(stream)
     }
 
-    /// Another handle to the same connection, sharing its registration (see the
-    /// [module rules](super#rules)).
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn try_clone(&self) -> io::Result<UnixStream> {
-        Ok(UnixStream {
-            io: self.io.clone(),
-        })
-    }
+    socket_methods! {
+        /// Another handle to the same connection, sharing its registration (see the
+        /// [module rules](super#rules)).
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        share fn try_clone(&self) -> io::Result<UnixStream>;
 
-    /// The local address.
-    ///
-    /// # Errors
-    /// The `getsockname` error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
-    }
+        /// The local address.
+        ///
+        /// # Errors
+        /// The `getsockname` error.
+        fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// The peer's address.
-    ///
-    /// # Errors
-    /// The `getpeername` error.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
-    }
+        /// The peer's address.
+        ///
+        /// # Errors
+        /// The `getpeername` error.
+        fn peer_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Bounds every later read call; one that waits longer fails with `TimedOut`.
-    ///
-    /// # Errors
-    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.set_read_timeout(timeout)
-    }
+        /// Bounds every later read call; one that waits longer fails with `TimedOut`.
+        ///
+        /// # Errors
+        /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+        io fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// Bounds every later write call.
-    ///
-    /// # Errors
-    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.set_write_timeout(timeout)
-    }
+        /// Bounds every later write call.
+        ///
+        /// # Errors
+        /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+        io fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// The read timeout.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.io.read_timeout.get())
-    }
+        /// The read timeout.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn read_timeout(&self) -> io::Result<Option<Duration>>;
 
-    /// The write timeout.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.io.write_timeout.get())
-    }
+        /// The write timeout.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn write_timeout(&self) -> io::Result<Option<Duration>>;
 
-    /// In non-blocking mode calls return `WouldBlock` instead of parking.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.io.set_nonblocking(nonblocking);
-        Ok(())
-    }
+        /// In non-blocking mode calls return `WouldBlock` instead of parking.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
 
-    /// Takes the pending `SO_ERROR`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
-    }
+        /// Takes the pending `SO_ERROR`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn take_error(&self) -> io::Result<Option<io::Error>>;
 
-    /// Shuts down the read half, the write half or both.
-    ///
-    /// # Errors
-    /// The `shutdown` error.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.io.sock.shutdown(how)
+        /// Shuts down the read half, the write half or both.
+        ///
+        /// # Errors
+        /// The `shutdown` error.
+        fn shutdown(&self, how: Shutdown) -> io::Result<()>;
     }
 }
 
@@ -326,60 +283,7 @@ fn connect_retrying(
     Ok(stream)
 }
 
-impl Read for &UnixStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read_with(|mut s| s.read(buf))
-    }
-    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        self.io.read_with(|mut s| s.read_vectored(bufs))
-    }
-}
-
-impl Write for &UnixStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write_with(|mut s| s.write(buf))
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.io.write_with(|mut s| s.write_vectored(bufs))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Read for UnixStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
-    }
-    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        (&*self).read_vectored(bufs)
-    }
-}
-
-impl Write for UnixStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&*self).write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl fmt::Debug for UnixStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("UnixStream");
-        if let Ok(a) = self.local_addr() {
-            d.field("local", &a);
-        }
-        if let Ok(a) = self.peer_addr() {
-            d.field("peer", &a);
-        }
-        d.field("fd", &self.as_raw_fd()).finish()
-    }
-}
+stream_io_impls!(UnixStream);
 
 /// A Unix datagram socket: std's [`UnixDatagram`](std::os::unix::net::UnixDatagram),
 /// cooperative.
@@ -458,56 +362,6 @@ impl UnixDatagram {
         self.io.sock.connect(path)
     }
 
-    /// Connects to `addr`.
-    ///
-    /// # Errors
-    /// The `connect` error.
-    pub fn connect_addr(&self, addr: &SocketAddr) -> io::Result<()> {
-        self.io.sock.connect_addr(addr)
-    }
-
-    /// Another handle to the same socket, sharing its registration.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn try_clone(&self) -> io::Result<UnixDatagram> {
-        Ok(UnixDatagram {
-            io: self.io.clone(),
-        })
-    }
-
-    /// The local address.
-    ///
-    /// # Errors
-    /// The `getsockname` error.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
-    }
-
-    /// The connected peer's address.
-    ///
-    /// # Errors
-    /// `NotConnected` when not connected.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
-    }
-
-    /// Receives one datagram, parking until one arrives; returns its size and sender.
-    ///
-    /// # Errors
-    /// The `recvfrom` error; `TimedOut` after the read timeout or a `Timeout` scope.
-    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.io.read_with(|s| s.recv_from(buf))
-    }
-
-    /// Receives one datagram from the connected peer, parking until one arrives.
-    ///
-    /// # Errors
-    /// As `recv_from`.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read_with(|s| s.recv(buf))
-    }
-
     /// Sends `buf` to the socket at `path`, parking while the peer's queue is full.
     ///
     /// # Errors
@@ -517,90 +371,99 @@ impl UnixDatagram {
         self.io.write_with(|s| s.send_to(buf, path))
     }
 
-    /// Sends `buf` to `addr`.
-    ///
-    /// # Errors
-    /// As `send_to`.
-    pub fn send_to_addr(&self, buf: &[u8], addr: &SocketAddr) -> io::Result<usize> {
-        self.io.write_with(|s| s.send_to_addr(buf, addr))
-    }
+    socket_methods! {
+        /// Connects to `addr`.
+        ///
+        /// # Errors
+        /// The `connect` error.
+        fn connect_addr(&self, addr: &SocketAddr) -> io::Result<()>;
 
-    /// Sends `buf` to the connected peer, parking while its queue is full.
-    ///
-    /// # Errors
-    /// The `send` error; `TimedOut` after the write timeout.
-    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write_with(|s| s.send(buf))
-    }
+        /// Another handle to the same socket, sharing its registration.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        share fn try_clone(&self) -> io::Result<UnixDatagram>;
 
-    /// Bounds every later receive call.
-    ///
-    /// # Errors
-    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.set_read_timeout(timeout)
-    }
+        /// The local address.
+        ///
+        /// # Errors
+        /// The `getsockname` error.
+        fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Bounds every later send call.
-    ///
-    /// # Errors
-    /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.set_write_timeout(timeout)
-    }
+        /// The connected peer's address.
+        ///
+        /// # Errors
+        /// `NotConnected` when not connected.
+        fn peer_addr(&self) -> io::Result<SocketAddr>;
 
-    /// The read timeout.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.io.read_timeout.get())
-    }
+        /// Receives one datagram, parking until one arrives; returns its size and sender.
+        ///
+        /// # Errors
+        /// The `recvfrom` error; `TimedOut` after the read timeout or a `Timeout` scope.
+        read fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
 
-    /// The write timeout.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        Ok(self.io.write_timeout.get())
-    }
+        /// Receives one datagram from the connected peer, parking until one arrives.
+        ///
+        /// # Errors
+        /// As `recv_from`.
+        read fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// In non-blocking mode calls return `WouldBlock` instead of parking.
-    ///
-    /// # Errors
-    /// None (kept for std's signature).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.io.set_nonblocking(nonblocking);
-        Ok(())
-    }
+        /// Sends `buf` to `addr`.
+        ///
+        /// # Errors
+        /// As `send_to`.
+        write fn send_to_addr(&self, buf: &[u8], addr: &SocketAddr) -> io::Result<usize>;
 
-    /// Takes the pending `SO_ERROR`.
-    ///
-    /// # Errors
-    /// The `getsockopt` error.
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
-    }
+        /// Sends `buf` to the connected peer, parking while its queue is full.
+        ///
+        /// # Errors
+        /// The `send` error; `TimedOut` after the write timeout.
+        write fn send(&self, buf: &[u8]) -> io::Result<usize>;
 
-    /// Shuts down the read half, the write half or both.
-    ///
-    /// # Errors
-    /// The `shutdown` error.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.io.sock.shutdown(how)
+        /// Bounds every later receive call.
+        ///
+        /// # Errors
+        /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+        io fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+
+        /// Bounds every later send call.
+        ///
+        /// # Errors
+        /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+        io fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+
+        /// The read timeout.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn read_timeout(&self) -> io::Result<Option<Duration>>;
+
+        /// The write timeout.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn write_timeout(&self) -> io::Result<Option<Duration>>;
+
+        /// In non-blocking mode calls return `WouldBlock` instead of parking.
+        ///
+        /// # Errors
+        /// None (kept for std's signature).
+        io fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
+
+        /// Takes the pending `SO_ERROR`.
+        ///
+        /// # Errors
+        /// The `getsockopt` error.
+        fn take_error(&self) -> io::Result<Option<io::Error>>;
+
+        /// Shuts down the read half, the write half or both.
+        ///
+        /// # Errors
+        /// The `shutdown` error.
+        fn shutdown(&self, how: Shutdown) -> io::Result<()>;
     }
 }
 
-impl fmt::Debug for UnixDatagram {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("UnixDatagram");
-        if let Ok(a) = self.local_addr() {
-            d.field("local", &a);
-        }
-        d.field("fd", &self.as_raw_fd()).finish()
-    }
-}
-
-fd_impls!(UnixListener, net::UnixListener, UnixListener::from_std);
-fd_impls!(UnixStream, net::UnixStream, UnixStream::from_std);
-fd_impls!(UnixDatagram, net::UnixDatagram, UnixDatagram::from_std);
+socket_impls!(UnixListener, net::UnixListener, { addr: local_addr });
+socket_impls!(UnixStream, net::UnixStream, { local: local_addr, peer: peer_addr });
+socket_impls!(UnixDatagram, net::UnixDatagram, { local: local_addr });

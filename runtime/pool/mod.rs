@@ -430,6 +430,37 @@ impl<T> Drop for Feed<T> {
     }
 }
 
+/// The impls [`Imap`] and [`ImapUnordered`] share: both wrap a [`Feed`].
+macro_rules! feed_iterators {
+    ($($name:ident),*) => {$(
+        impl<T: 'static> $name<T> {
+            /// Holds at most `n` results (running or finished, not yet read) at a time (at
+            /// least 1). The default is twice the pool's size, or [`GROUP_MAX_HELD`] for a
+            /// group.
+            pub fn max_held(self, n: usize) -> Self {
+                self.feed.max_held(n);
+                self
+            }
+        }
+
+        impl<T: 'static> Iterator for $name<T> {
+            type Item = Result<T, Error>;
+
+            fn next(&mut self) -> Option<Result<T, Error>> {
+                self.feed.next()
+            }
+        }
+
+        impl<T: 'static> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("yielded", &self.feed.state.yielded.get())
+                    .finish()
+            }
+        }
+    )*};
+}
+
 /// The iterator of [`Group::imap`] / [`Pool::imap`]: one result per item, in input order.
 ///
 /// Lazy: nothing is spawned until the first `next`. Then a feeder greenlet spawns jobs
@@ -441,61 +472,13 @@ pub struct Imap<T: 'static> {
     feed: Feed<T>,
 }
 
-impl<T: 'static> Imap<T> {
-    /// Holds at most `n` results (running or finished, not yet read) at a time (at least
-    /// 1). The default is twice the pool's size, or [`GROUP_MAX_HELD`] for a group.
-    pub fn max_held(self, n: usize) -> Self {
-        self.feed.max_held(n);
-        self
-    }
-}
-
-impl<T: 'static> Iterator for Imap<T> {
-    type Item = Result<T, Error>;
-
-    fn next(&mut self) -> Option<Result<T, Error>> {
-        self.feed.next()
-    }
-}
-
-impl<T: 'static> fmt::Debug for Imap<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Imap")
-            .field("yielded", &self.feed.state.yielded.get())
-            .finish()
-    }
-}
-
 /// The iterator of [`Group::imap_unordered`] / [`Pool::imap_unordered`]: one result per
 /// item, in the order the jobs finish. Otherwise as [`Imap`].
 pub struct ImapUnordered<T: 'static> {
     feed: Feed<T>,
 }
 
-impl<T: 'static> ImapUnordered<T> {
-    /// Holds at most `n` results (running or finished, not yet read) at a time (at least
-    /// 1). The default is twice the pool's size, or [`GROUP_MAX_HELD`] for a group.
-    pub fn max_held(self, n: usize) -> Self {
-        self.feed.max_held(n);
-        self
-    }
-}
-
-impl<T: 'static> Iterator for ImapUnordered<T> {
-    type Item = Result<T, Error>;
-
-    fn next(&mut self) -> Option<Result<T, Error>> {
-        self.feed.next()
-    }
-}
-
-impl<T: 'static> fmt::Debug for ImapUnordered<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImapUnordered")
-            .field("yielded", &self.feed.state.yielded.get())
-            .finish()
-    }
-}
+feed_iterators!(Imap, ImapUnordered);
 
 /// A set of greenlets spawned through it (gevent's `Group`): join them all, kill them all,
 /// map a function over items. A greenlet leaves the group when it ends.
@@ -530,6 +513,86 @@ impl fmt::Debug for Group {
     }
 }
 
+/// The methods [`Group`] and [`Pool`] share, written once: each delegates to the [`Core`]
+/// behind `self.core`; `imap` holds `self.default_max_held()` results by default. The
+/// caller gives each method's docs, in this order.
+macro_rules! member_methods {
+    (
+        $(#[$len:meta])* fn len;
+        $(#[$is_empty:meta])* fn is_empty;
+        $(#[$join:meta])* fn join;
+        $(#[$kill:meta])* fn kill;
+        $(#[$kill_timeout:meta])* fn kill_timeout;
+        $(#[$map:meta])* fn map;
+        $(#[$imap:meta])* fn imap;
+        $(#[$imap_unordered:meta])* fn imap_unordered;
+    ) => {
+        $(#[$len])*
+        pub fn len(&self) -> usize {
+            self.core.members.borrow().len()
+        }
+
+        $(#[$is_empty])*
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        $(#[$join])*
+        pub fn join(&self, timeout: Option<Duration>) -> Result<(), Error> {
+            self.core.join(timeout.map(deadline_in))
+        }
+
+        $(#[$kill])*
+        pub fn kill(&self) {
+            let _ = self.core.kill(None);
+        }
+
+        $(#[$kill_timeout])*
+        pub fn kill_timeout(&self, timeout: Duration) -> Result<(), Error> {
+            self.core.kill(Some(deadline_in(timeout)))
+        }
+
+        $(#[$map])*
+        pub fn map<I, F, T>(&self, items: I, f: F) -> Vec<Result<T, Error>>
+        where
+            I: IntoIterator,
+            I::Item: 'static,
+            F: Fn(I::Item) -> T + 'static,
+            T: 'static,
+        {
+            self.core.map(items, f)
+        }
+
+        $(#[$imap])*
+        pub fn imap<I, F, T>(&self, items: I, f: F) -> Imap<T>
+        where
+            I: IntoIterator,
+            I::IntoIter: 'static,
+            I::Item: 'static,
+            F: Fn(I::Item) -> T + 'static,
+            T: 'static,
+        {
+            Imap {
+                feed: self.core.feed(items, f, true, self.default_max_held()),
+            }
+        }
+
+        $(#[$imap_unordered])*
+        pub fn imap_unordered<I, F, T>(&self, items: I, f: F) -> ImapUnordered<T>
+        where
+            I: IntoIterator,
+            I::IntoIter: 'static,
+            I::Item: 'static,
+            F: Fn(I::Item) -> T + 'static,
+            T: 'static,
+        {
+            ImapUnordered {
+                feed: self.core.feed(items, f, false, self.default_max_held()),
+            }
+        }
+    };
+}
+
 impl Group {
     /// An empty group.
     pub fn new() -> Group {
@@ -549,87 +612,53 @@ impl Group {
         self.core.spawn_member(f)
     }
 
-    /// How many members are alive.
-    pub fn len(&self) -> usize {
-        self.core.members.borrow().len()
+    fn default_max_held(&self) -> usize {
+        GROUP_MAX_HELD
     }
 
-    /// Has it no live members?
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    member_methods! {
+        /// How many members are alive.
+        fn len;
 
-    /// Waits until every member has ended (including ones spawned meanwhile), or
-    /// `timeout` passes (gevent's `join`).
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] if members are still alive after `timeout` (or an enclosing
-    /// [`Timeout`](crate::Timeout) scope expires), [`Error::BlockForever`] if they can
-    /// never end.
-    pub fn join(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        self.core.join(timeout.map(deadline_in))
-    }
+        /// Has it no live members?
+        fn is_empty;
 
-    /// Kills every member and waits until they are all dead (gevent's `kill`). Members
-    /// that have not started never run.
-    pub fn kill(&self) {
-        let _ = self.core.kill(None);
-    }
+        /// Waits until every member has ended (including ones spawned meanwhile), or
+        /// `timeout` passes (gevent's `join`).
+        ///
+        /// # Errors
+        /// [`Error::Timeout`] if members are still alive after `timeout` (or an enclosing
+        /// [`Timeout`](crate::Timeout) scope expires), [`Error::BlockForever`] if they can
+        /// never end.
+        fn join;
 
-    /// Like [`kill`](Group::kill), waiting at most `timeout` for them to die.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] if some are still alive then.
-    pub fn kill_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.core.kill(Some(deadline_in(timeout)))
-    }
+        /// Kills every member and waits until they are all dead (gevent's `kill`). Members
+        /// that have not started never run.
+        fn kill;
 
-    /// Runs `f` on every item, each in its own member greenlet, and returns the results
-    /// in input order once all have finished (gevent's `map`).
-    ///
-    /// ```
-    /// let squares = greenhub::Group::new().map(1..=4, |n: u64| n * n);
-    /// let squares: Vec<u64> = squares.into_iter().map(Result::unwrap).collect();
-    /// assert_eq!(squares, [1, 4, 9, 16]);
-    /// ```
-    pub fn map<I, F, T>(&self, items: I, f: F) -> Vec<Result<T, Error>>
-    where
-        I: IntoIterator,
-        I::Item: 'static,
-        F: Fn(I::Item) -> T + 'static,
-        T: 'static,
-    {
-        self.core.map(items, f)
-    }
+        /// Like [`kill`](Group::kill), waiting at most `timeout` for them to die.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`] if some are still alive then.
+        fn kill_timeout;
 
-    /// Runs `f` on every item, each in its own member greenlet, and yields the results in
-    /// input order as they become ready (gevent's `imap`); see [`Imap`].
-    pub fn imap<I, F, T>(&self, items: I, f: F) -> Imap<T>
-    where
-        I: IntoIterator,
-        I::IntoIter: 'static,
-        I::Item: 'static,
-        F: Fn(I::Item) -> T + 'static,
-        T: 'static,
-    {
-        Imap {
-            feed: self.core.feed(items, f, true, GROUP_MAX_HELD),
-        }
-    }
+        /// Runs `f` on every item, each in its own member greenlet, and returns the results
+        /// in input order once all have finished (gevent's `map`).
+        ///
+        /// ```
+        /// let squares = greenhub::Group::new().map(1..=4, |n: u64| n * n);
+        /// let squares: Vec<u64> = squares.into_iter().map(Result::unwrap).collect();
+        /// assert_eq!(squares, [1, 4, 9, 16]);
+        /// ```
+        fn map;
 
-    /// Like [`imap`](Group::imap), yielding results in the order the jobs finish (gevent's
-    /// `imap_unordered`).
-    pub fn imap_unordered<I, F, T>(&self, items: I, f: F) -> ImapUnordered<T>
-    where
-        I: IntoIterator,
-        I::IntoIter: 'static,
-        I::Item: 'static,
-        F: Fn(I::Item) -> T + 'static,
-        T: 'static,
-    {
-        ImapUnordered {
-            feed: self.core.feed(items, f, false, GROUP_MAX_HELD),
-        }
+        /// Runs `f` on every item, each in its own member greenlet, and yields the results in
+        /// input order as they become ready (gevent's `imap`); see [`Imap`].
+        fn imap;
+
+        /// Like [`imap`](Group::imap), yielding results in the order the jobs finish (gevent's
+        /// `imap_unordered`).
+        fn imap_unordered;
     }
 }
 
@@ -724,102 +753,64 @@ impl Pool {
         self.core.wait_available(timeout.map(deadline_in))
     }
 
-    /// How many members are alive.
-    pub fn len(&self) -> usize {
-        self.core.members.borrow().len()
-    }
-
-    /// Has it no live members?
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Waits until every member has ended, or `timeout` passes; see [`Group::join`].
-    ///
-    /// # Errors
-    /// As [`Group::join`].
-    pub fn join(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        self.core.join(timeout.map(deadline_in))
-    }
-
-    /// Kills every member and waits until they are all dead; see [`Group::kill`].
-    pub fn kill(&self) {
-        let _ = self.core.kill(None);
-    }
-
-    /// Like [`kill`](Pool::kill), waiting at most `timeout` for them to die.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] if some are still alive then.
-    pub fn kill_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.core.kill(Some(deadline_in(timeout)))
-    }
-
-    /// Runs `f` on every item in the pool (at most `size` at a time) and returns the
-    /// results in input order; see [`Group::map`]. An item whose job could not be spawned
-    /// (an expired [`Timeout`](crate::Timeout) scope) gets that error.
-    ///
-    /// ```
-    /// let pool = greenhub::Pool::new(2);
-    /// let lens: Vec<_> = pool.map(["a", "bb", "ccc"], |s: &str| s.len());
-    /// assert_eq!(lens.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [1, 2, 3]);
-    /// ```
-    pub fn map<I, F, T>(&self, items: I, f: F) -> Vec<Result<T, Error>>
-    where
-        I: IntoIterator,
-        I::Item: 'static,
-        F: Fn(I::Item) -> T + 'static,
-        T: 'static,
-    {
-        self.core.map(items, f)
-    }
-
-    /// Runs `f` on every item in the pool and yields the results in input order, lazily,
-    /// holding at most twice the pool's size of results at a time (eventlet's
-    /// `GreenPool.imap`); see [`Imap`].
-    ///
-    /// ```
-    /// use greenhub::{Error, Pool};
-    /// let pool = Pool::new(4);
-    /// let mut results = pool.imap(0..5, |n: u32| {
-    ///     if n == 2 {
-    ///         panic!("bad item"); // reported on stderr; the other jobs go on
-    ///     }
-    ///     n * 10
-    /// });
-    /// assert_eq!(results.next().unwrap().unwrap(), 0);
-    /// assert_eq!(results.next().unwrap().unwrap(), 10);
-    /// assert!(matches!(results.next().unwrap(), Err(Error::Panicked(_))));
-    /// assert_eq!(results.map(Result::unwrap).collect::<Vec<_>>(), [30, 40]);
-    /// ```
-    pub fn imap<I, F, T>(&self, items: I, f: F) -> Imap<T>
-    where
-        I: IntoIterator,
-        I::IntoIter: 'static,
-        I::Item: 'static,
-        F: Fn(I::Item) -> T + 'static,
-        T: 'static,
-    {
-        Imap {
-            feed: self.core.feed(items, f, true, self.default_max_held()),
-        }
-    }
-
-    /// Like [`imap`](Pool::imap), yielding results in the order the jobs finish.
-    pub fn imap_unordered<I, F, T>(&self, items: I, f: F) -> ImapUnordered<T>
-    where
-        I: IntoIterator,
-        I::IntoIter: 'static,
-        I::Item: 'static,
-        F: Fn(I::Item) -> T + 'static,
-        T: 'static,
-    {
-        ImapUnordered {
-            feed: self.core.feed(items, f, false, self.default_max_held()),
-        }
-    }
-
     fn default_max_held(&self) -> usize {
         self.size().saturating_mul(2)
+    }
+
+    member_methods! {
+        /// How many members are alive.
+        fn len;
+
+        /// Has it no live members?
+        fn is_empty;
+
+        /// Waits until every member has ended, or `timeout` passes; see [`Group::join`].
+        ///
+        /// # Errors
+        /// As [`Group::join`].
+        fn join;
+
+        /// Kills every member and waits until they are all dead; see [`Group::kill`].
+        fn kill;
+
+        /// Like [`kill`](Pool::kill), waiting at most `timeout` for them to die.
+        ///
+        /// # Errors
+        /// [`Error::Timeout`] if some are still alive then.
+        fn kill_timeout;
+
+        /// Runs `f` on every item in the pool (at most `size` at a time) and returns the
+        /// results in input order; see [`Group::map`]. An item whose job could not be spawned
+        /// (an expired [`Timeout`](crate::Timeout) scope) gets that error.
+        ///
+        /// ```
+        /// let pool = greenhub::Pool::new(2);
+        /// let lens: Vec<_> = pool.map(["a", "bb", "ccc"], |s: &str| s.len());
+        /// assert_eq!(lens.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [1, 2, 3]);
+        /// ```
+        fn map;
+
+        /// Runs `f` on every item in the pool and yields the results in input order, lazily,
+        /// holding at most twice the pool's size of results at a time (eventlet's
+        /// `GreenPool.imap`); see [`Imap`].
+        ///
+        /// ```
+        /// use greenhub::{Error, Pool};
+        /// let pool = Pool::new(4);
+        /// let mut results = pool.imap(0..5, |n: u32| {
+        ///     if n == 2 {
+        ///         panic!("bad item"); // reported on stderr; the other jobs go on
+        ///     }
+        ///     n * 10
+        /// });
+        /// assert_eq!(results.next().unwrap().unwrap(), 0);
+        /// assert_eq!(results.next().unwrap().unwrap(), 10);
+        /// assert!(matches!(results.next().unwrap(), Err(Error::Panicked(_))));
+        /// assert_eq!(results.map(Result::unwrap).collect::<Vec<_>>(), [30, 40]);
+        /// ```
+        fn imap;
+
+        /// Like [`imap`](Pool::imap), yielding results in the order the jobs finish.
+        fn imap_unordered;
     }
 }
