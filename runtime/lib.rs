@@ -21,9 +21,10 @@
 //! assert_eq!(joinall(&jobs, Some(Duration::from_secs(2))), 3);
 //! ```
 //!
-//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`hub`] <-
-//! [`time`], [`threadpool`], [`net`] (cooperative `std::net` twins and `StreamServer`),
-//! [`sync`] (events, queues, locks, greenlet-local data) <- [`pool`] (`Group`, `Pool`).
+//! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`monitor`]
+//! (the blocking watchdog: below the hub, which starts it) <- [`hub`] <- [`time`],
+//! [`threadpool`], [`net`] (cooperative `std::net` twins and `StreamServer`), [`sync`]
+//! (events, queues, locks, greenlet-local data) <- [`pool`] (`Group`, `Pool`).
 
 mod error;
 pub mod greenlet;

@@ -49,14 +49,14 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::panic::Location;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Error;
 use switch::{Co, GreenYielder, Payload};
 
 pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
-pub(crate) use switch::signal_safe_identity;
+pub(crate) use switch::{is_forced_unwind, signal_safe_identity};
 pub use trace::{TraceEvent, TraceHook, settrace};
 pub use value::Value;
 
@@ -93,8 +93,25 @@ pub(crate) struct Inner {
     parent: RefCell<Option<Greenlet>>,
     state: Cell<State>,
     co: RefCell<Option<Co>>,
+    /// The function of a greenlet made by [`Builder::build_lazy`] that has no coroutine
+    /// yet (`co` is `None`): its first switch takes a stack and makes it.
+    lazy: Cell<Option<Weak<dyn LazyBody>>>,
     yielder: Cell<*const GreenYielder>,
     forced_unwind: Cell<bool>,
+}
+
+/// The function of a greenlet whose stack and coroutine are only made at its first switch
+/// ([`Builder::build_lazy`]). The hub spawns greenlets this way: a greenlet spawned and
+/// not yet run holds no stack, so spawning many and then joining them reuses one warm
+/// stack instead of touching a new one per greenlet.
+pub(crate) trait LazyBody {
+    /// Runs the greenlet's function with the value of the first switch into it; its
+    /// result goes to the parent as a greenlet's result does.
+    fn run(self: Rc<Self>, value: Value) -> Result<Value, Error>;
+
+    /// The greenlet cannot start: no stack could be mapped for it (`error`). It is dead
+    /// and never runs; what this returns goes to its parent as its result.
+    fn cannot_start(self: Rc<Self>, error: std::io::Error) -> Result<Value, Error>;
 }
 
 impl Inner {
@@ -120,6 +137,9 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.lazy.get_mut().is_some() {
+            switch::lazy_gone();
+        }
         let Some(co) = self.co.get_mut().take() else {
             return;
         };
@@ -198,21 +218,26 @@ impl Greenlet {
         Builder::new()
     }
 
+    /// The handle owning `inner`.
+    #[inline]
+    pub(crate) fn from_rc(inner: Rc<Inner>) -> Greenlet {
+        Greenlet { inner }
+    }
+
     fn new_main() -> Greenlet {
-        Greenlet {
-            inner: Rc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                is_main: true,
-                name: Some("main".into()),
-                spawned_at: None,
-                stack_size: 0,
-                parent: RefCell::new(None),
-                state: Cell::new(State::Running),
-                co: RefCell::new(None),
-                yielder: Cell::new(std::ptr::null()),
-                forced_unwind: Cell::new(false),
-            }),
-        }
+        Greenlet::from_rc(Rc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            is_main: true,
+            name: Some("main".into()),
+            spawned_at: None,
+            stack_size: 0,
+            parent: RefCell::new(None),
+            state: Cell::new(State::Running),
+            co: RefCell::new(None),
+            lazy: Cell::new(None),
+            yielder: Cell::new(std::ptr::null()),
+            forced_unwind: Cell::new(false),
+        }))
     }
 
     /// Suspends the running greenlet and runs this one, passing `value`.
@@ -380,9 +405,113 @@ impl Clone for Greenlet {
 impl Drop for Greenlet {
     #[inline]
     fn drop(&mut self) {
-        if Rc::strong_count(&self.inner) == 1 && self.inner.state.get() == State::Suspended {
-            switch::kill_on_drop(self);
+        if Rc::strong_count(&self.inner) == 1 {
+            if self.inner.state.get() == State::Suspended {
+                switch::kill_on_drop(self);
+            }
+            if self.inner.state.get() == State::Dead {
+                Spares::put(&mut self.inner);
+            }
         }
+    }
+}
+
+/// What differs between new greenlets' `Inner`s (see [`Spares::alloc`]).
+struct NewInner {
+    id: u64,
+    name: Option<Box<str>>,
+    spawned_at: &'static Location<'static>,
+    stack_size: usize,
+    parent: Greenlet,
+    co: Option<Co>,
+    lazy: Option<Weak<dyn LazyBody>>,
+}
+
+/// The allocations of dead greenlets' `Inner`s, kept for new greenlets on this thread, so
+/// that spawn-heavy code allocates nothing for them. Like the stack pool, it keeps at most
+/// [`Spares::LIMIT`] and [`trim`](Spares::trim) frees those left unused for a whole
+/// interval. (The memory it keeps was in use by that many live greenlets just before.)
+#[derive(Default)]
+pub(crate) struct Spares {
+    free: Vec<Rc<Inner>>,
+    /// The fewest spares seen since the last trim: that many went unused.
+    low_water: usize,
+}
+
+impl Spares {
+    /// As many as the stack pool keeps hot stacks: ~3 MiB.
+    const LIMIT: usize = 16_384;
+
+    /// The `Inner` of a new (not main) greenlet: a spare one if there is one.
+    #[inline]
+    fn alloc(new: NewInner) -> Rc<Inner> {
+        let spare = switch::try_with_thread(|t| {
+            let mut spares = t.spares.try_borrow_mut().ok()?;
+            let rc = spares.free.pop()?;
+            spares.low_water = spares.low_water.min(spares.free.len());
+            Some(rc)
+        });
+        if let Some(Some(mut rc)) = spare
+            && let Some(inner) = Rc::get_mut(&mut rc)
+        {
+            // Field by field: a spare's `parent`, `name`, `co` and `lazy` are empty (see
+            // `put`), so nothing is dropped here, and nothing else needs resetting.
+            inner.id = new.id;
+            inner.name = new.name;
+            inner.spawned_at = Some(new.spawned_at);
+            inner.stack_size = new.stack_size;
+            *inner.parent.get_mut() = Some(new.parent);
+            inner.state.set(State::Unstarted);
+            *inner.co.get_mut() = new.co;
+            inner.lazy.set(new.lazy);
+            inner.yielder.set(std::ptr::null());
+            inner.forced_unwind.set(false);
+            return rc;
+        }
+        Rc::new(Inner {
+            id: new.id,
+            is_main: false,
+            name: new.name,
+            spawned_at: Some(new.spawned_at),
+            stack_size: new.stack_size,
+            parent: RefCell::new(Some(new.parent)),
+            state: Cell::new(State::Unstarted),
+            co: RefCell::new(new.co),
+            lazy: Cell::new(new.lazy),
+            yielder: Cell::new(std::ptr::null()),
+            forced_unwind: Cell::new(false),
+        })
+    }
+
+    /// Keeps the allocation of a dead greenlet's `Inner` for reuse, if there is room: the
+    /// spares take a handle to it, so `rc` (being dropped) is no longer its last.
+    #[inline(never)]
+    fn put(rc: &mut Rc<Inner>) {
+        let Some(inner) = Rc::get_mut(rc) else {
+            return; // not the last handle, or a weak one is around
+        };
+        if inner.is_main || inner.co.get_mut().is_some() {
+            return;
+        }
+        // A spare holds nothing: its parent is released (last, below) and its name freed.
+        let parent = inner.parent.get_mut().take();
+        inner.name = None;
+        drop(switch::take_lazy(inner));
+        switch::try_with_thread(|t| {
+            if let Ok(mut spares) = t.spares.try_borrow_mut()
+                && spares.free.len() < Spares::LIMIT
+            {
+                spares.free.push(rc.clone());
+            }
+        });
+        drop(parent); // may kill the parent (its last handle), which runs user code
+    }
+
+    /// Frees the spares that nobody took since the previous trim.
+    pub(crate) fn trim(&mut self) {
+        let unused = self.low_water.min(self.free.len());
+        self.free.drain(..unused);
+        self.low_water = self.free.len();
     }
 }
 
@@ -434,7 +563,10 @@ pub fn set_default_stack_size(bytes: usize) {
 /// Gives back the memory of this thread's free stacks that have not been reused since the
 /// previous call (the hub calls it every second).
 pub(crate) fn trim_stack_pool() {
-    switch::with_thread(|t| t.pool.borrow_mut().trim());
+    switch::with_thread(|t| {
+        t.pool.borrow_mut().trim();
+        t.spares.borrow_mut().trim();
+    });
 }
 
 /// Configures a greenlet before creating it: name, stack size, parent.
@@ -501,19 +633,62 @@ impl Builder {
         stack.set_owner(id, name.as_deref().unwrap_or(""));
         let stack_size = stack.usable_size();
         let co = switch::new_coroutine(stack, move |v| f(v).map(Value::new));
-        Greenlet {
-            inner: Rc::new(Inner {
-                id,
-                is_main: false,
-                name,
-                spawned_at: Some(spawned_at),
-                stack_size,
-                parent: RefCell::new(Some(parent)),
-                state: Cell::new(State::Unstarted),
-                co: RefCell::new(Some(co)),
-                yielder: Cell::new(std::ptr::null()),
-                forced_unwind: Cell::new(false),
-            }),
-        }
+        Greenlet::from_rc(Spares::alloc(NewInner {
+            id,
+            name,
+            spawned_at,
+            stack_size,
+            parent,
+            co: Some(co),
+            lazy: None,
+        }))
+    }
+
+    /// Like [`build_at`](Builder::build_at) for a greenlet that runs `body`, which it holds
+    /// weakly until it starts (if `body` is gone by then, it returns `()` at once).
+    ///
+    /// Its stack is taken from the pool at its first switch, if the pool has a free stack
+    /// for it then (more free stacks than greenlets waiting so): greenlets that are spawned
+    /// in a batch and run one after another then all run on the same warm stack. Else
+    /// (the pool would have to map and touch a new stack) it takes its stack now, so that
+    /// this cost stays with the code that spawns, not the hub that runs it.
+    ///
+    /// # Panics
+    /// If no stack can be mapped (out of memory, or a stack size too large).
+    pub(crate) fn build_lazy(
+        self,
+        spawned_at: &'static Location<'static>,
+        body: Weak<dyn LazyBody>,
+    ) -> Greenlet {
+        let parent = self.parent.unwrap_or_else(switch::current);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = self.name.map(String::into_boxed_str);
+        let cannot_map =
+            |e| -> ! { panic!("greenhub: cannot map a stack for a new greenlet: {e}") };
+        let (stack_size, co, lazy) = switch::with_thread(|t| {
+            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
+            let usable = stack::usable_size_for(size).unwrap_or_else(|e| cannot_map(e));
+            let waiting = t.lazy_waiting.get();
+            if t.pool.borrow().free_count(usable) > waiting {
+                t.lazy_waiting.set(waiting + 1);
+                return (usable, None, Some(body));
+            }
+            let stack = t.pool.borrow_mut().get(usable);
+            (usable, Some((stack, body)), None)
+        });
+        let co = co.map(|(stack, body)| {
+            let mut stack = stack.unwrap_or_else(|e| cannot_map(e));
+            stack.set_owner(id, name.as_deref().unwrap_or(""));
+            switch::lazy_coroutine(stack, body)
+        });
+        Greenlet::from_rc(Spares::alloc(NewInner {
+            id,
+            name,
+            spawned_at,
+            stack_size,
+            parent,
+            co,
+            lazy,
+        }))
     }
 }

@@ -420,19 +420,21 @@ impl Stack {
         while !name.is_char_boundary(len) {
             len -= 1;
         }
-        let mut header = Header {
-            magic: HEADER_MAGIC,
-            id,
-            usable_size: self.usable as u64,
-            name_len: len as u8,
-            name: [0; NAME_MAX],
-        };
-        header.name[..len].copy_from_slice(&name.as_bytes()[..len]);
         let top = self.slot + page_size() + self.usable;
+        let header = (top - HEADER_SIZE) as *mut Header;
         // SAFETY: `top - 64 .. top` is the header area of this slot: inside the
         // read-write usable area, above `base()` so never used as stack, owned by this
-        // `Stack` (`&mut self`), and 8-byte aligned (`top` is page-aligned).
-        unsafe { ptr::write((top - HEADER_SIZE) as *mut Header, header) };
+        // `Stack` (`&mut self`), and 8-byte aligned (`top` is page-aligned). Every bit
+        // pattern is a valid `Header` (integers and bytes), so its fields can be written
+        // one by one; the reader only looks at the first `name_len` bytes of `name`.
+        unsafe {
+            (*header).magic = HEADER_MAGIC;
+            (*header).id = id;
+            (*header).usable_size = self.usable as u64;
+            (*header).name_len = len as u8;
+            let dst: &mut [u8; NAME_MAX] = &mut (*header).name;
+            dst[..len].copy_from_slice(&name.as_bytes()[..len]);
+        }
     }
 }
 
@@ -458,6 +460,15 @@ impl std::fmt::Debug for Stack {
 // ---------------------------------------------------------------------------
 // Pool
 // ---------------------------------------------------------------------------
+
+/// The usable size of the stack [`StackPool::get`] hands out for a request of `size`
+/// bytes: rounded up to whole pages, and to at least [`MIN_STACK_SIZE`].
+pub(crate) fn usable_size_for(size: usize) -> io::Result<usize> {
+    size.max(MIN_STACK_SIZE)
+        .checked_next_multiple_of(page_size())
+        .filter(|u| *u <= isize::MAX as usize / 2)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))
+}
 
 /// Counters describing a [`StackPool`].
 #[allow(dead_code)] // diagnostics: used by tests, not (yet) by the runtime
@@ -539,11 +550,7 @@ impl StackPool {
     /// arena if needed. Errors if `mmap` or the guard install fails.
     pub fn get(&mut self, size: usize) -> io::Result<Stack> {
         let page = page_size();
-        let usable = size
-            .max(MIN_STACK_SIZE)
-            .checked_next_multiple_of(page)
-            .filter(|u| *u <= isize::MAX as usize / 2)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))?;
+        let usable = usable_size_for(size)?;
         let mut inner = self.inner.borrow_mut();
         let class = inner.class_index(usable);
         let slot = inner.take(class)?;
@@ -566,6 +573,14 @@ impl StackPool {
     /// their usable part, 64 at a time, and stay in the free list.
     pub fn put(&mut self, stack: Stack) {
         drop(stack);
+    }
+
+    /// How many free stacks of `usable` bytes (a size [`usable_size_for`] returns) the
+    /// pool holds: slots [`get`](StackPool::get) hands out without carving a new one.
+    pub fn free_count(&self, usable: usize) -> usize {
+        let inner = self.inner.borrow();
+        let class = inner.classes.iter().find(|c| c.usable == usable);
+        class.map_or(0, |c| c.free.len())
     }
 
     /// Releases the memory of the free stacks that nobody took since the previous trim.

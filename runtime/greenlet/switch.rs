@@ -34,14 +34,14 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::ptr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use super::stack::{self, Stack, StackPool};
 use super::trace::{self, TraceEvent};
 use super::value::Value;
-use super::{Greenlet, GreenletExit, Inner, State};
+use super::{Greenlet, GreenletExit, Inner, LazyBody, State};
 use crate::error::Error;
 
 /// A greenlet's coroutine. Everything it receives and sends goes through the [`Hot`]
@@ -110,9 +110,7 @@ unsafe fn clone_handle(p: *const Inner) -> Greenlet {
     // count and rebuilding an `Rc` from it is exactly `Rc::clone`.
     unsafe {
         Rc::increment_strong_count(p);
-        Greenlet {
-            inner: Rc::from_raw(p),
-        }
+        Greenlet::from_rc(Rc::from_raw(p))
     }
 }
 
@@ -271,14 +269,14 @@ impl Hot {
     fn take(&self) -> Msg {
         let target = self.to.get();
         let flags = self.flags.get();
-        let keep = (flags & OWNS_TO != 0).then(|| Greenlet {
+        let keep = (flags & OWNS_TO != 0).then(|| {
             // SAFETY: `post` forgot a handle to `target` and recorded it in `OWNS_TO`;
             // this rebuilds that handle (once: every take follows exactly one post).
-            inner: unsafe { Rc::from_raw(target) },
+            Greenlet::from_rc(unsafe { Rc::from_raw(target) })
         });
-        let origin = (flags & HAS_ORIGIN != 0).then(|| Greenlet {
+        let origin = (flags & HAS_ORIGIN != 0).then(|| {
             // SAFETY: as for `keep`: the handle `post` forgot in `origin`.
-            inner: unsafe { Rc::from_raw(self.origin.get()) },
+            Greenlet::from_rc(unsafe { Rc::from_raw(self.origin.get()) })
         });
         let data = self.data.get();
         // SAFETY: `data` is what `post` (or `post_value`) made for this kind with
@@ -329,6 +327,11 @@ pub(crate) struct ThreadState {
     pub(crate) main: Greenlet,
     pub(crate) pool: RefCell<StackPool>,
     pub(crate) default_stack_size: Cell<usize>,
+    /// Dead greenlets' `Inner`s kept for reuse.
+    pub(crate) spares: RefCell<super::Spares>,
+    /// Greenlets made by `Builder::build_lazy` that have not got their stack yet. While
+    /// the pool holds more free stacks than that, new ones wait for theirs too.
+    pub(crate) lazy_waiting: Cell<usize>,
 }
 
 impl Drop for ThreadState {
@@ -348,6 +351,8 @@ impl ThreadState {
             main,
             pool: RefCell::new(StackPool::new()),
             default_stack_size: Cell::new(stack::DEFAULT_STACK_SIZE),
+            spares: RefCell::default(),
+            lazy_waiting: Cell::new(0),
         }
     }
 }
@@ -386,6 +391,14 @@ pub(crate) fn current() -> Greenlet {
     unsafe { clone_handle(p) }
 }
 
+/// Is the running greenlet being unwound by force (corosensei's forced unwind, which must
+/// reach the coroutine's root untouched)?
+pub(crate) fn is_forced_unwind() -> bool {
+    let p = hot().current.get();
+    // SAFETY: the running greenlet is alive (the `Hot::current` invariant).
+    !p.is_null() && unsafe { &*p }.forced_unwind.get()
+}
+
 /// The sender to record in a message: the running greenlet, if a trace hook wants it.
 #[inline]
 fn traced_origin(h: &Hot) -> Option<Greenlet> {
@@ -413,7 +426,8 @@ pub(crate) fn send_value(target: &Greenlet, value: Value) -> Result<Value, Error
         if !me_ref.forced_unwind.get() {
             match target.inner.state.get() {
                 // `target` is borrowed for the whole call: it stays alive while it runs.
-                State::Suspended | State::Unstarted => return fast_resume(h, me, tp, value),
+                State::Suspended => return fast_resume(h, me, tp, value),
+                State::Unstarted => return fast_start(h, me, tp, value),
                 State::Resuming if !me_ref.yielder.get().is_null() => {
                     return fast_suspend(h, me, tp, value);
                 }
@@ -477,6 +491,95 @@ fn fast_resume(h: &Hot, me: *const Inner, tp: *const Inner, value: Value) -> Res
         drop(slot);
     }
     land(h, me)
+}
+
+/// [`fast_resume`] of the unstarted greenlet `tp`: its first switch. A greenlet made by
+/// `Builder::build_lazy` gets its coroutine here. Same contract as `fast_resume`. (Kept
+/// out of line, so that the switch to a suspended greenlet stays as lean as it can be.)
+#[inline(never)]
+fn fast_start(h: &Hot, me: *const Inner, tp: *const Inner, value: Value) -> Result<Value, Error> {
+    // SAFETY: `tp` is kept alive by our caller (see `fast_resume`).
+    let ti: &Inner = unsafe { &*tp };
+    if ti.co.borrow().is_some() {
+        return fast_resume(h, me, tp, value);
+    }
+    match make_lazy(ti) {
+        Ok(co) => {
+            *ti.co.borrow_mut() = Some(co);
+            fast_resume(h, me, tp, value)
+        }
+        Err(death) => {
+            drop(value); // never delivered: it died without running
+            let parent = ti.live_parent();
+            let msg = Msg {
+                target: Rc::as_ptr(&parent.inner),
+                keep: Some(parent),
+                origin: traced_origin(h),
+                event: event_of(&death),
+                payload: death,
+            };
+            let reply = transfer(h, me, msg);
+            // SAFETY: `me` is the running greenlet, so alive.
+            deliver(reply, unsafe { &*me })
+        }
+    }
+}
+
+/// Makes the coroutine of the unstarted greenlet `ti`, built by `Builder::build_lazy`:
+/// takes a stack from the pool for it. If none can be mapped, `ti` dies without running
+/// and `Err` carries what goes to its parent.
+#[inline(never)]
+fn make_lazy(ti: &Inner) -> Result<Co, Payload> {
+    let body = take_lazy(ti).expect("a live greenlet owns its coroutine");
+    match with_thread(|t| t.pool.borrow_mut().get(ti.stack_size)) {
+        Ok(mut stack) => {
+            stack.set_owner(ti.id, ti.name.as_deref().unwrap_or(""));
+            Ok(lazy_coroutine(stack, body))
+        }
+        Err(e) => {
+            ti.state.set(State::Dead);
+            let result = match body.upgrade() {
+                Some(body) => body.cannot_start(e),
+                None => Ok(Value::unit()),
+            };
+            Err(match result {
+                Ok(v) => Payload::Value(v),
+                Err(e) => Payload::Throw(Box::new(e)),
+            })
+        }
+    }
+}
+
+/// The coroutine of a greenlet built by `Builder::build_lazy`: it runs `body` if `body`
+/// still exists when it starts (it holds it weakly until then), else returns `()`.
+pub(crate) fn lazy_coroutine(stack: Stack, body: Weak<dyn LazyBody>) -> Co {
+    new_coroutine(stack, move |v| match body.upgrade() {
+        Some(body) => body.run(v),
+        None => Ok(Value::unit()),
+    })
+}
+
+/// Takes the body of a lazy greenlet that has not got its coroutine yet (see
+/// [`ThreadState::lazy_waiting`]).
+pub(crate) fn take_lazy(ti: &Inner) -> Option<Weak<dyn LazyBody>> {
+    let body = ti.lazy.take();
+    if body.is_some() {
+        lazy_gone();
+    }
+    body
+}
+
+/// One greenlet fewer waits for its stack (see [`ThreadState::lazy_waiting`]).
+pub(crate) fn lazy_gone() {
+    try_with_thread(|t| t.lazy_waiting.set(t.lazy_waiting.get() - 1));
+}
+
+/// The trace event of a greenlet's death carrying `payload`.
+fn event_of(payload: &Payload) -> TraceEvent {
+    match payload {
+        Payload::Value(_) => TraceEvent::Switch,
+        _ => TraceEvent::Throw,
+    }
 }
 
 /// `send_value` from the running greenlet `me` to `tp`, above it in the resume chain:
@@ -566,6 +669,19 @@ fn transfer(h: &Hot, me: *const Inner, mut msg: Msg) -> Payload {
             State::Resuming => msg = suspend(h, me, msg),
             State::Suspended => msg = resume(h, me, msg),
             State::Unstarted if matches!(msg.payload, Payload::Value(_)) => {
+                let lazy = target.co.borrow().is_none();
+                if lazy {
+                    match make_lazy(target) {
+                        Ok(co) => *target.co.borrow_mut() = Some(co),
+                        Err(death) => {
+                            // It died without running: its result goes to its parent.
+                            msg.retarget(target.live_parent());
+                            msg.event = event_of(&death);
+                            msg.payload = death; // drops the value it never received
+                            continue;
+                        }
+                    }
+                }
                 msg = resume(h, me, msg);
             }
             State::Unstarted => throw_unstarted(&mut msg),
@@ -592,6 +708,7 @@ fn throw_unstarted(msg: &mut Msg) {
     // SAFETY: the target is alive (the `Msg::target` invariant).
     let target: &Inner = unsafe { &*msg.target };
     let co = target.co.borrow_mut().take();
+    drop(take_lazy(target)); // a lazy greenlet's body is not run, nor dropped, here
     target.state.set(State::Dead);
     let parent = target.live_parent();
     msg.retarget(parent); // now owned: dropping the closure below may run user code
@@ -695,9 +812,12 @@ where
         // SAFETY: our resumer set `current` to us and keeps us alive while we run.
         let me: &Inner = unsafe { &*h.current.get() };
         me.yielder.set(yielder);
-        let payload = match arrive(h.take()) {
-            Payload::Value(v) => v,
-            _ => unreachable!("errors thrown into unstarted greenlets never start them"),
+        let payload = match h.take_value(me) {
+            Some(v) => v,
+            None => match arrive(h.take()) {
+                Payload::Value(v) => v,
+                _ => unreachable!("errors thrown into unstarted greenlets never start them"),
+            },
         };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(payload)));
         let payload = match outcome {
@@ -709,19 +829,39 @@ where
             Err(p) => Payload::Panic(p),
         };
         me.state.set(State::Dead);
+        let payload = match payload {
+            // The common death: a plain value for a parent in the resume chain (the hub
+            // that ran a spawned greenlet), with no trace hook. The chain keeps the parent
+            // alive and the message only travels up it, so it needs no handle: the
+            // resumer lands it as a plain switch (`take_value`).
+            Payload::Value(v) if !h.trace_on.get() => match resuming_parent(me) {
+                Some(parent) => {
+                    h.post_value(parent, v);
+                    return;
+                }
+                None => Payload::Value(v),
+            },
+            other => other,
+        };
         let parent = me.live_parent();
         // Posted last: nothing with drop glue is left to run before the switch back.
         h.post(Msg {
             target: Rc::as_ptr(&parent.inner),
             keep: Some(parent),
             origin: traced_origin(h),
-            event: match payload {
-                Payload::Value(_) => TraceEvent::Switch,
-                _ => TraceEvent::Throw,
-            },
+            event: event_of(&payload),
             payload,
         });
     })
+}
+
+/// `me`'s parent if it is in the resume chain (`Resuming`): alive until a message sent
+/// up the chain reaches it.
+#[inline]
+fn resuming_parent(me: &Inner) -> Option<*const Inner> {
+    let parent = me.parent.borrow();
+    let p = &parent.as_ref()?.inner;
+    (p.state.get() == State::Resuming).then_some(Rc::as_ptr(p))
 }
 
 /// Kills `g` because its last handle is being dropped: Python's `GreenletExit` on GC.

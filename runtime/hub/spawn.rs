@@ -10,23 +10,89 @@ use std::time::{Duration, Instant};
 
 use super::{Hub, Task, Waiter, current_hub, with_hub};
 use crate::error::{Error, panic_payload_str};
-use crate::greenlet::{self, GreenletExit, getcurrent};
+use crate::greenlet::{self, GreenletExit, LazyBody, Value, getcurrent};
 
-/// Where a spawned greenlet's result lands, and who waits for it.
-struct Completion<T> {
+/// A spawned greenlet's function until it runs, then where its result lands and who
+/// waits for it. `S` is the function ([`Func`]); the [`JoinHandle`] sees it as `dyn Start`.
+struct Completion<T, S: ?Sized = dyn Start<T>> {
+    /// The task itself, as the hub sees it (to schedule it from a `JoinHandle`).
+    me: Weak<Task>,
     result: RefCell<Option<Result<T, Error>>>,
     done: Cell<bool>,
     joiners: RefCell<Vec<Waiter>>,
+    func: S,
 }
 
-impl<T> Completion<T> {
+/// The function of a spawned greenlet that has not started yet.
+trait Start<T> {
+    /// Drops the function unrun (the greenlet was killed before it started).
+    fn discard(&self);
+}
+
+/// `f`, until it is taken to run (or dropped unrun).
+struct Func<F>(Cell<Option<F>>);
+
+impl<T, F: FnOnce() -> T> Start<T> for Func<F> {
+    fn discard(&self) {
+        drop(self.0.take());
+    }
+}
+
+/// A spawned greenlet's task, as made: the hub sees it as `Task` (`dyn Any`), its
+/// `JoinHandle` as `Task<Completion<T>>` (`dyn Start<T>`), and its greenlet (which only
+/// gets its stack when it first runs) as `dyn LazyBody`.
+type SpawnedTask<T, F> = Task<Completion<T, Func<F>>>;
+
+impl<T: 'static, F: FnOnce() -> T + 'static> LazyBody for SpawnedTask<T, F> {
+    fn run(self: Rc<Self>, _: Value) -> Result<Value, Error> {
+        let f = self.completion.func.0.take();
+        // Only a weak handle while `f` runs: a strong one on the greenlet's own stack would
+        // keep the task, and so the greenlet, alive once nothing else refers to it.
+        let me = Rc::downgrade(&self);
+        drop(self);
+        let result = match f.map(|f| catch_unwind(AssertUnwindSafe(f))) {
+            Some(Ok(v)) => Ok(v),
+            None => Err(Error::Killed), // taken by a kill before it started
+            Some(Err(p)) if p.is::<GreenletExit>() => Err(Error::Killed),
+            Some(Err(p)) if greenlet::is_forced_unwind() => std::panic::resume_unwind(p),
+            Some(Err(p)) => {
+                report_panic(p.as_ref());
+                Err(Error::Panicked(p))
+            }
+        };
+        super::run_exit_hooks();
+        if let Some(task) = me.upgrade() {
+            with_hub(|hub| hub.untrack(task.as_ref()));
+            task.completion.complete(result);
+        }
+        Ok(Value::unit())
+    }
+
+    fn cannot_start(self: Rc<Self>, error: std::io::Error) -> Result<Value, Error> {
+        self.completion.func.discard();
+        let msg = format!(
+            "greenhub: cannot map a stack for greenlet #{}: {error}",
+            self.greenlet.id()
+        );
+        eprintln!("{msg}");
+        with_hub(|hub| hub.untrack(self.as_ref()));
+        self.completion
+            .complete(Err(Error::Panicked(Box::new(msg))));
+        Ok(Value::unit())
+    }
+}
+
+impl<T, S: ?Sized> Completion<T, S> {
     fn complete(&self, result: Result<T, Error>) {
         if self.done.replace(true) {
             return;
         }
         *self.result.borrow_mut() = Some(result);
-        for w in self.joiners.borrow_mut().drain(..) {
-            w.wake(super::Wake::Ready);
+        let mut joiners = self.joiners.borrow_mut();
+        if !joiners.is_empty() {
+            for w in joiners.drain(..) {
+                w.wake(super::Wake::Ready);
+            }
         }
     }
 }
@@ -69,8 +135,8 @@ impl Builder {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        let hub = current_hub();
-        self.spawn_on(&hub, f)
+        let location = Location::caller();
+        with_hub(|hub| self.spawn_at(hub, location, f))
     }
 
     /// Spawns `f` to start after `delay`; see [`spawn_later`].
@@ -81,12 +147,12 @@ impl Builder {
         T: 'static,
     {
         let hub = current_hub();
-        let handle = self.create(&hub, f);
+        let (handle, task) = self.create(&hub, Location::caller(), f);
         let waiter = Waiter {
-            task: handle.task.clone(),
+            task,
             seq: next_seq(&hub),
         };
-        handle.task.waiting.set(waiter.seq);
+        waiter.task.waiting.set(waiter.seq);
         hub.timers
             .borrow_mut()
             .insert(Instant::now() + delay, waiter);
@@ -99,13 +165,27 @@ impl Builder {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        let handle = self.create(hub, f);
-        hub.schedule(handle.task.clone());
+        self.spawn_at(hub, Location::caller(), f)
+    }
+
+    /// [`spawn_on`](Builder::spawn_on), recording `location` as where it was spawned.
+    fn spawn_at<F, T>(self, hub: &Hub, location: &'static Location<'static>, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        let (handle, task) = self.create(hub, location, f);
+        hub.schedule(task);
         handle
     }
 
-    #[track_caller]
-    fn create<F, T>(self, hub: &Hub, f: F) -> JoinHandle<T>
+    /// Makes the task (as its handle and as the hub sees it) and its greenlet.
+    fn create<F, T>(
+        self,
+        hub: &Hub,
+        location: &'static Location<'static>,
+        f: F,
+    ) -> (JoinHandle<T>, Rc<Task>)
     where
         F: FnOnce() -> T + 'static,
         T: 'static,
@@ -117,39 +197,24 @@ impl Builder {
         if let Some(size) = self.stack_size {
             builder = builder.stack_size(size);
         }
-        let location = Location::caller();
-        // One allocation holds the hub's task and the typed completion; the greenlet
+        // One allocation holds the hub's task, `f` and the typed completion; the greenlet
         // reaches it through a weak handle (a strong one would keep itself alive).
-        let task = Rc::new_cyclic(|me: &Weak<Task<Completion<T>>>| {
-            let me = me.clone();
-            let greenlet = builder.build_at(location, move |_| -> Result<(), Error> {
-                let result = match catch_unwind(AssertUnwindSafe(f)) {
-                    Ok(v) => Ok(v),
-                    Err(p) if p.is::<GreenletExit>() => Err(Error::Killed),
-                    Err(p) => {
-                        report_panic(p.as_ref());
-                        Err(Error::Panicked(p))
-                    }
-                };
-                super::run_exit_hooks();
-                if let Some(task) = me.upgrade() {
-                    with_hub(|hub| hub.untrack(task.as_ref()));
-                    task.completion.complete(result);
-                }
-                Ok(())
-            });
+        let task = Rc::new_cyclic(|me: &Weak<SpawnedTask<T, F>>| {
+            let greenlet = builder.build_lazy(location, me.clone());
             Task::new(
                 greenlet,
                 Completion {
+                    me: me.clone(),
                     result: RefCell::new(None),
                     done: Cell::new(false),
                     joiners: RefCell::new(Vec::new()),
+                    func: Func(Cell::new(Some(f))),
                 },
             )
         });
         let erased: Rc<Task> = task.clone();
         hub.track(&erased);
-        JoinHandle { task }
+        (JoinHandle { task }, erased)
     }
 }
 
@@ -229,7 +294,9 @@ impl<T: 'static> JoinHandle<T> {
     /// panicked, [`Error::Timeout`] if a `Timeout` scope around the join expires,
     /// [`Error::BlockForever`] if nothing can ever finish it.
     pub fn join(self) -> Result<T, Error> {
-        self.wait(None)?;
+        if !self.is_finished() {
+            self.wait(None)?;
+        }
         self.task
             .completion
             .result
@@ -243,6 +310,9 @@ impl<T: 'static> JoinHandle<T> {
     /// # Errors
     /// [`Error::Timeout`] if it has not finished in time; as `join` otherwise.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        if self.is_finished() {
+            return Ok(());
+        }
         self.wait(Some(Instant::now() + timeout))
     }
 
@@ -304,11 +374,13 @@ impl<T: 'static> JoinHandle<T> {
             // Never runs: it dies here, and its death comes back to us, not to the hub.
             let _ = g.set_parent(&getcurrent());
             let _ = g.kill();
+            self.task.completion.func.discard();
             self.task.completion.complete(Err(Error::Killed));
             return;
         }
-        let task: Rc<Task> = self.task.clone();
-        with_hub(|hub| hub.request_kill(&task));
+        if let Some(task) = self.task.completion.me.upgrade() {
+            with_hub(|hub| hub.request_kill(&task));
+        }
     }
 }
 
@@ -379,4 +451,89 @@ pub fn killall<T: 'static>(handles: &[JoinHandle<T>]) {
         h.request_kill();
     }
     let _ = wait_all(handles, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::HashSet;
+    use std::rc::Rc;
+
+    use crate::hub::spawn;
+
+    /// Sets its flag when dropped.
+    struct Guard(Rc<Cell<bool>>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+
+    #[test]
+    fn killing_an_unstarted_greenlet_drops_its_function_at_once() {
+        let dropped = Rc::new(Cell::new(false));
+        let guard = Guard(dropped.clone());
+        let h = spawn(move || drop(guard));
+        h.kill();
+        assert!(dropped.get(), "dropped by the kill, not with the handle");
+        assert!(matches!(h.join(), Err(crate::Error::Killed)));
+    }
+
+    /// Where a greenlet's stack is: the address of one of its locals, to 64 KiB.
+    fn stack_at() -> usize {
+        let local = 0_u8;
+        std::hint::black_box(&local) as *const u8 as usize >> 16
+    }
+
+    #[test]
+    fn a_batch_of_short_greenlets_runs_on_one_warm_stack() {
+        let batch = || {
+            let hs: Vec<_> = (0..50).map(|_| spawn(stack_at)).collect();
+            let stacks: HashSet<usize> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+            stacks.len()
+        };
+        batch(); // the pool may have to map the stacks: they are taken at spawn time
+        assert_eq!(batch(), 1, "each took the stack the previous one gave back");
+    }
+
+    #[test]
+    fn spawned_greenlets_start_and_finish_under_a_trace_hook() {
+        // With a hook every switch takes the general path (`transfer`), which also
+        // makes a spawned greenlet's coroutine at its first switch.
+        let seen = Rc::new(Cell::new(0));
+        let counter = seen.clone();
+        let old = crate::greenlet::settrace(Some(Box::new(move |_, _, _| {
+            counter.set(counter.get() + 1);
+        })));
+        let batch = || {
+            let hs: Vec<_> = (0..3).map(|i| spawn(move || i * 2)).collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(batch(), [0, 2, 4]);
+        assert_eq!(batch(), [0, 2, 4]); // the second batch waits for its stacks
+        crate::greenlet::settrace(old);
+        assert!(seen.get() >= 12, "each start and each finish was traced");
+    }
+
+    #[test]
+    fn a_reused_greenlet_record_is_a_new_greenlet() {
+        let first = spawn(crate::getcurrent);
+        let g1 = first.join().unwrap();
+        let id1 = g1.id();
+        drop(g1); // dead, last handle: its record is kept for reuse
+        let h = crate::hub::Builder::new()
+            .name("second")
+            .spawn(crate::getcurrent);
+        let g2 = h.join().unwrap();
+        assert_ne!(g2.id(), id1);
+        assert_eq!(g2.name(), Some("second"));
+        assert!(g2.is_dead());
+        assert_eq!(
+            g2.parent().as_ref(),
+            Some(crate::hub::current_hub().greenlet())
+        );
+    }
 }

@@ -71,7 +71,7 @@ pub(crate) struct Task<C: ?Sized = dyn std::any::Any> {
     pub(crate) waiting_on: Cell<WaitOn>,
     /// How many times the hub has switched into it.
     pub(crate) runs: Cell<u64>,
-    /// Time spent running after those switches.
+    /// Time spent running after those switches (to the scheduler tick: see `coarse_now`).
     pub(crate) run_time: Cell<std::time::Duration>,
     /// See the type's docs.
     pub(crate) completion: C,
