@@ -43,6 +43,31 @@ fn reports_for(reports: &Mutex<Vec<BlockReport>>, id: u64) -> Vec<BlockReport> {
         .collect()
 }
 
+/// Waits (cooperatively, up to 30 s: the first report of a debug build waits for its debug
+/// info to load) until the reports for greenlet `id` satisfy `done`; returns them.
+fn wait_reports(
+    reports: &Mutex<Vec<BlockReport>>,
+    id: u64,
+    done: impl Fn(&[BlockReport]) -> bool,
+) -> Vec<BlockReport> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine = reports_for(reports, id);
+        if done(&mine) || Instant::now() > deadline {
+            return mine;
+        }
+        sleep(Duration::from_millis(5));
+    }
+}
+
+fn has_open(rs: &[BlockReport]) -> bool {
+    rs.iter().any(|r| !r.finished)
+}
+
+fn has_closing(rs: &[BlockReport]) -> bool {
+    rs.iter().any(|r| r.finished)
+}
+
 #[inline(never)]
 fn spin_hog_for(d: Duration) -> u64 {
     let t = Instant::now();
@@ -61,8 +86,8 @@ fn a_spinning_greenlet_gets_exactly_one_report_with_its_stack() {
         .spawn(|| spin_hog_for(Duration::from_millis(300)));
     let id = hog.id();
     hog.join().unwrap();
-    sleep(Duration::from_millis(60)); // let the monitor see the switch and close the episode
-    let mine = reports_for(&reports, id);
+    // The monitor sees the switch and closes the episode.
+    let mine = wait_reports(&reports, id, has_closing);
     restore();
     let open: Vec<_> = mine.iter().filter(|r| !r.finished).collect();
     assert_eq!(open.len(), 1, "exactly one report per episode: {mine:#?}");
@@ -99,7 +124,7 @@ fn a_greenlet_in_a_blocking_syscall_is_reported_as_such() {
     let hog = spawn(|| std::thread::sleep(Duration::from_millis(250)));
     let id = hog.id();
     hog.join().unwrap();
-    let mine = reports_for(&reports, id);
+    let mine = wait_reports(&reports, id, has_open);
     restore();
     let r = mine.iter().find(|r| !r.finished).expect("a report");
     match &r.activity {
@@ -172,13 +197,21 @@ fn a_panicking_callback_does_not_kill_the_monitor() {
         })),
         ..Config::default()
     });
+    let seen_ids = |want: &[u64]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !want.iter().all(|id| seen.lock().unwrap().contains(id)) && Instant::now() < deadline
+        {
+            sleep(Duration::from_millis(5));
+        }
+    };
     let first = spawn(|| spin_hog_for(Duration::from_millis(150)));
     let first_id = first.id();
     first.join().unwrap();
-    sleep(Duration::from_millis(50));
+    seen_ids(&[first_id]); // the callback panicked on this one
     let second = spawn(|| spin_hog_for(Duration::from_millis(150)));
     let second_id = second.id();
     second.join().unwrap();
+    seen_ids(&[first_id, second_id]);
     let got = seen.lock().unwrap().clone();
     restore();
     assert!(
@@ -190,8 +223,22 @@ fn a_panicking_callback_does_not_kill_the_monitor() {
 #[test]
 fn the_environment_variable_turns_reports_off() {
     if std::env::var_os("GREENHUB_MONITOR_CHILD").is_some() {
+        // Keep the settings the environment gave; only learn when a report is out, so the
+        // process does not exit before it is printed.
+        let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = reported.clone();
+        let mut config = monitor::config();
+        let enabled = config.max_blocking_time.is_some();
+        config.callback = Some(Arc::new(move |_: &BlockReport| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }));
+        monitor::configure(config);
         let hog = spawn(|| spin_hog_for(Duration::from_millis(200)));
         hog.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(if enabled { 30 } else { 1 });
+        while !reported.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            sleep(Duration::from_millis(5));
+        }
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
