@@ -82,7 +82,7 @@ use mio::unix::SourceFd;
 use crate::hub::{Direction, Hub, current_hub};
 
 pub use addr::{ToSocketAddrs, gethostbyname, lookup_host};
-pub use server::{ServerStats, StreamServer};
+pub use server::{ServerStats, ServerThreads, StreamServer, ThreadedBuilder};
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixIncoming, UnixListener, UnixStream};

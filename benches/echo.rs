@@ -1,0 +1,298 @@
+//! Echo round trips (issue 5): 1, 100, 1,000 and 10,000 concurrent connections, 64-byte
+//! and 4 KiB messages, against three servers in the same run — greenhub (one hub),
+//! tokio `current_thread` and std thread-per-connection — all driven by the same client
+//! in a separate process (this binary again, `--role-client`), a closed loop: every
+//! connection sends a message, waits for its echo, and sends the next.
+//!
+//! `cargo bench --bench echo` (add `-- --quick` for a short run). Prints a table and
+//! `BENCH <name> <value> <unit>` lines. Each cell: connect, 0.5 s warm-up, 1.5 s measured,
+//! best of 2 rounds (quick: 0.2 s + 0.5 s, 1 round). Servers and client get one core each
+//! on a 2-core machine. Throughput counts the round trips that complete in the measured
+//! window; p50/p99 are over those round trips (so with thousands of connections they are
+//! queueing times: about connections / throughput).
+
+#[path = "../examples/support/load.rs"]
+mod load;
+#[path = "../examples/support/peers.rs"]
+mod peers;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use load::Histogram;
+
+const CONNS: [usize; 4] = [1, 100, 1_000, 10_000];
+const SIZES: [usize; 2] = [64, 4096];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Greenhub,
+    Tokio,
+    Threads,
+}
+
+impl Server {
+    const ALL: [Server; 3] = [Server::Greenhub, Server::Tokio, Server::Threads];
+
+    fn key(self) -> &'static str {
+        match self {
+            Server::Greenhub => "greenhub",
+            Server::Tokio => "tokio",
+            Server::Threads => "threads",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Server::Greenhub => "greenhub (1 hub)",
+            Server::Tokio => "tokio current_thread",
+            Server::Threads => "std thread/conn",
+        }
+    }
+
+    /// Starts the server on a thread of this process; returns its address.
+    fn start(self) -> SocketAddr {
+        match self {
+            Server::Greenhub => {
+                let server = greenhub::net::StreamServer::threads(1)
+                    .bind("127.0.0.1:0", peers::greenhub_echo)
+                    .expect("greenhub server");
+                let addr = server.local_addr();
+                std::mem::forget(server); // serves until the bench exits
+                addr
+            }
+            Server::Tokio | Server::Threads => {
+                let l = peers::std_listener("127.0.0.1:0").expect("bind");
+                let addr = l.local_addr().expect("addr");
+                std::thread::spawn(move || match self {
+                    Server::Tokio => peers::tokio_current_thread(l),
+                    _ => peers::std_threads(l),
+                });
+                addr
+            }
+        }
+    }
+}
+
+struct Cell {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--role-client") {
+        client(&args[i + 1..]);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let (warmup, measure, rounds) = if quick {
+        (Duration::from_millis(200), Duration::from_millis(500), 1)
+    } else {
+        (Duration::from_millis(500), Duration::from_millis(1500), 2)
+    };
+    let addrs: Vec<(Server, SocketAddr)> = Server::ALL.iter().map(|&s| (s, s.start())).collect();
+    let exe = std::env::current_exe().expect("own path");
+    // Best of `rounds` per cell (by requests/s); rounds and servers interleave, so that a
+    // noisy moment on the machine does not fall on one server only.
+    let mut results: Vec<(usize, usize, Server, Cell)> = Vec::new();
+    for round in 1..=rounds {
+        for conns in CONNS {
+            for size in SIZES {
+                for &(server, addr) in &addrs {
+                    let cell = run_cell(&exe, addr, conns, size, warmup, measure);
+                    eprintln!(
+                        "round {round}: {:>6} conns {:>5} B {:<22} {:>9.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us{}",
+                        conns,
+                        size,
+                        server.title(),
+                        cell.rps,
+                        cell.p50_us,
+                        cell.p99_us,
+                        if cell.errors > 0 {
+                            format!("  ({} errors)", cell.errors)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    let slot = results
+                        .iter_mut()
+                        .find(|r| r.0 == conns && r.1 == size && r.2 == server);
+                    match slot {
+                        Some(best) if best.3.rps >= cell.rps => {}
+                        Some(best) => best.3 = cell,
+                        None => results.push((conns, size, server, cell)),
+                    }
+                    // Let the server finish closing the last cell's connections.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    let get = |c: usize, s: usize, srv: Server| {
+        results
+            .iter()
+            .find(|r| r.0 == c && r.1 == s && r.2 == srv)
+            .map(|r| &r.3)
+            .expect("every cell ran")
+    };
+    println!();
+    println!(
+        "| connections | message | greenhub (1 hub) | tokio current_thread | std thread/conn | greenhub / tokio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for conns in CONNS {
+        for size in SIZES {
+            let cells: Vec<String> = Server::ALL
+                .iter()
+                .map(|&s| {
+                    let c = get(conns, size, s);
+                    format!(
+                        "{} req/s, p50 {} / p99 {}{}",
+                        load::thousands(c.rps as u64),
+                        fmt_us(c.p50_us),
+                        fmt_us(c.p99_us),
+                        if c.errors > 0 {
+                            format!(" ({} errors)", c.errors)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .collect();
+            let ratio = get(conns, size, Server::Greenhub).rps
+                / get(conns, size, Server::Tokio).rps.max(1e-9);
+            println!(
+                "| {} | {} | {} | {} | {} | {ratio:.2}x |",
+                load::thousands(conns as u64),
+                if size >= 1024 {
+                    format!("{} KiB", size / 1024)
+                } else {
+                    format!("{size} B")
+                },
+                cells[0],
+                cells[1],
+                cells[2]
+            );
+        }
+    }
+    println!();
+    for (conns, size, server, c) in &results {
+        let name = format!("echo_{}_{}c_{}b", server.key(), conns, size);
+        println!("BENCH {name}_rps {:.0} req/s", c.rps);
+        println!("BENCH {name}_p50 {:.0} us", c.p50_us);
+        println!("BENCH {name}_p99 {:.0} us", c.p99_us);
+    }
+    for conns in [1_000, 10_000] {
+        for size in SIZES {
+            let g = get(conns, size, Server::Greenhub).rps;
+            let t = get(conns, size, Server::Tokio).rps;
+            println!(
+                "BENCH echo_ratio_greenhub_tokio_{conns}c_{size}b {:.2} x",
+                g / t
+            );
+        }
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    load::fmt_dur(Duration::from_secs_f64(us / 1e6))
+}
+
+/// Runs one cell in a client process; a cell that fails shows 0 req/s and its errors.
+fn run_cell(
+    exe: &std::path::Path,
+    addr: SocketAddr,
+    conns: usize,
+    size: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Cell {
+    let failed = |why: String| {
+        eprintln!("echo bench: {conns} connections x {size} B to {addr}: {why}");
+        Cell {
+            rps: 0.0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            errors: conns as u64,
+        }
+    };
+    let child = Command::new(exe)
+        .args([
+            "--role-client".to_string(),
+            addr.to_string(),
+            conns.to_string(),
+            size.to_string(),
+            warmup.as_millis().to_string(),
+            measure.as_millis().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot start the client: {e}")),
+    };
+    let out = child.stdout.take().expect("piped stdout");
+    let line = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("RESULT ") || l.starts_with("ERROR "));
+    let _ = child.wait();
+    let Some(line) = line else {
+        return failed("the client printed no result".into());
+    };
+    if let Some(e) = line.strip_prefix("ERROR ") {
+        return failed(e.to_string());
+    }
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or("")
+    };
+    let requests: f64 = field("requests").parse().unwrap_or(0.0);
+    let secs: f64 = field("secs").parse().unwrap_or(1.0);
+    let hist = Histogram::decode(field("hist")).unwrap_or_default();
+    Cell {
+        rps: requests / secs,
+        p50_us: hist.quantile(0.5).as_secs_f64() * 1e6,
+        p99_us: hist.quantile(0.99).as_secs_f64() * 1e6,
+        errors: field("errors").parse().unwrap_or(0),
+    }
+}
+
+/// The client process: `--role-client ADDR CONNS SIZE WARMUP_MS MEASURE_MS`.
+fn client(args: &[String]) {
+    let parse = |i: usize| -> u64 { args.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let Some(addr) = args.first().and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        println!("ERROR bad client arguments {args:?}");
+        return;
+    };
+    let r = load::bench_client(
+        addr,
+        parse(1) as usize,
+        parse(2) as usize,
+        Duration::from_millis(parse(3)),
+        Duration::from_millis(parse(4)),
+    );
+    match r {
+        Ok(r) => {
+            if let Some(e) = &r.first_error {
+                eprintln!("echo bench client: {} errors; the first: {e}", r.errors);
+            }
+            println!(
+                "RESULT requests={} secs={} errors={} hist={}",
+                r.requests,
+                r.secs,
+                r.errors,
+                r.hist.encode()
+            );
+        }
+        Err(e) => println!("ERROR {}", load::describe(&e)),
+    }
+}

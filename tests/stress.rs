@@ -1,0 +1,312 @@
+//! Scale: the multi-hub server (`StreamServer::threads`) and small runs of
+//! `examples/stress.rs` — a split run that passes, a client that dies mid-run, a bad flag.
+//! The 20,000-connection run itself is an example that `.ci/run` runs bounded.
+//!
+//! The example tests run target/<profile>/examples/stress: `cargo test` builds it; with
+//! `cargo test --test stress` build it first (`cargo build --release --examples`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::run_example;
+use greenhub::net::{StreamServer, TcpStream};
+
+/// Echoes until the peer closes.
+fn echo(mut conn: TcpStream, _peer: SocketAddr) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
+        if conn.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+fn wait_until(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+#[test]
+fn threaded_server_accepts_on_every_thread_and_echoes() {
+    let server = StreamServer::threads(4).bind("127.0.0.1:0", echo).unwrap();
+    assert_eq!(server.threads(), 4);
+    let addr = server.local_addr();
+    assert_ne!(addr.port(), 0);
+    // Std clients on plain threads, all connections open at once.
+    let mut conns: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let msg = format!("message {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    let stats = server.stats();
+    assert_eq!(stats.accepted, 200);
+    assert_eq!(stats.active, 200);
+    assert_eq!(stats.peak, 200, "the peak of the sum over threads");
+    let per_thread = server.thread_stats();
+    assert_eq!(per_thread.len(), 4);
+    assert!(
+        per_thread.iter().all(|t| t.accepted > 0),
+        "SO_REUSEPORT spreads connections over every thread: {per_thread:?}"
+    );
+    assert_eq!(per_thread.iter().map(|t| t.accepted).sum::<u64>(), 200);
+    drop(conns);
+    assert!(wait_until(Duration::from_secs(5), || server.stats().active == 0));
+    assert_eq!(server.stop(Duration::from_secs(1)), 0);
+    assert!(!server.is_running());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listeners are closed after stop"
+    );
+}
+
+#[test]
+fn threaded_server_stop_kills_handlers_that_do_not_finish() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let server = StreamServer::threads(2)
+        .bind("127.0.0.1:0", move |_conn, _peer| {
+            s.fetch_add(1, Ordering::SeqCst);
+            greenhub::sleep(Duration::from_secs(3600));
+        })
+        .unwrap();
+    let conns: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || {
+        started.load(Ordering::SeqCst) == 10
+    }));
+    let t = Instant::now();
+    assert_eq!(server.stop(Duration::from_millis(50)), 10);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(server.stats().active, 0);
+    // The killed handlers closed their connections.
+    for mut c in conns {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(c.read(&mut [0; 1]).unwrap_or(0), 0);
+    }
+}
+
+#[test]
+fn threaded_server_stop_from_a_greenlet_is_cooperative() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let server = StreamServer::threads(2)
+        .bind("127.0.0.1:0", move |_conn, _peer| {
+            s.fetch_add(1, Ordering::SeqCst);
+            greenhub::sleep(Duration::from_secs(3600));
+        })
+        .unwrap();
+    let _conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        started.load(Ordering::SeqCst) == 1
+    }));
+    let server = Arc::new(server);
+    let s = server.clone();
+    // stop waits 100 ms for the handler; meanwhile this thread's other greenlets run.
+    let stopper = greenhub::spawn(move || s.stop(Duration::from_millis(100)));
+    let ticker = greenhub::spawn(|| {
+        for _ in 0..5 {
+            greenhub::sleep(Duration::from_millis(1));
+        }
+    });
+    ticker.join().unwrap();
+    assert!(!stopper.is_finished(), "the ticker ran while stop waited");
+    assert_eq!(stopper.join().unwrap(), 1);
+}
+
+#[test]
+fn dropping_the_threaded_server_stops_it() {
+    let server = StreamServer::threads(2).bind("127.0.0.1:0", echo).unwrap();
+    let addr = server.local_addr();
+    drop(server);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    }));
+}
+
+#[test]
+fn threaded_server_bind_errors_and_per_core() {
+    // A port held without SO_REUSEPORT cannot be joined.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = StreamServer::threads(2)
+        .bind(plain.local_addr().unwrap(), echo)
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let server = StreamServer::per_core().bind("127.0.0.1:0", echo).unwrap();
+    assert_eq!(server.threads(), cores);
+    // Another group (another process, in the stress run) may join the same port.
+    let second = StreamServer::threads(1)
+        .bind(server.local_addr(), echo)
+        .unwrap();
+    assert_eq!(second.local_addr(), server.local_addr());
+    second.stop(Duration::ZERO);
+    server.stop(Duration::ZERO);
+}
+
+// ---- examples/stress.rs ----
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn stress_example_split_run_passes() {
+    // Small, but split like the real run: 2 server processes share a port, 2 clients.
+    let out = run_example(
+        "stress",
+        &[
+            "--connections",
+            "400",
+            "--messages",
+            "3",
+            "--server-processes",
+            "2",
+            "--client-processes",
+            "2",
+            "--timeout",
+            "60",
+            "--plot",
+            &std::env::temp_dir()
+                .join(format!("greenhub-stress-{}.svg", std::process::id()))
+                .to_string_lossy(),
+        ],
+        Duration::from_secs(90),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stress failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("2 server processes"), "{stdout}");
+    assert!(stdout.contains("| stress | passed |"), "{stdout}");
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .expect("a RESULT line");
+    for field in [
+        "ok=1",
+        "connections=400",
+        "held=400",
+        "errors=0",
+        "msgs=1200",
+    ] {
+        assert!(
+            result.split_whitespace().any(|w| w == field),
+            "{field} in {result}"
+        );
+    }
+    let plot = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("plot: "))
+        .expect("the plot's path");
+    let svg = std::fs::read_to_string(plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("open connections"));
+    let _ = std::fs::remove_file(plot);
+}
+
+#[test]
+fn stress_example_reports_a_client_that_dies() {
+    let out = run_example(
+        "stress",
+        &[
+            "--connections",
+            "200",
+            "--messages",
+            "40",
+            "--client-processes",
+            "2",
+            "--fault",
+            "client-abort",
+            "--timeout",
+            "60",
+        ],
+        Duration::from_secs(90),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("client 0 (pid")
+            && stderr.contains("exited with status 3")
+            && stderr.contains("connections 0..99")
+            && stderr.contains("messages are lost"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stress_example_rejects_bad_flags() {
+    let out = run_example(
+        "stress",
+        &["--connections", "zero"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("usage: stress"));
+}
+
+#[test]
+fn stress_example_names_the_ephemeral_port_limit() {
+    // In a network namespace of its own (root only) with 50 ephemeral ports (x 8 loopback sources), 1,000
+    // connections run out of ports: the run must say so and fail.
+    let exe = common::example("stress");
+    let script = format!(
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40049' && \
+         exec {} --connections 1000 --messages 1 --timeout 30",
+        exe.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipped: no unshare");
+        return;
+    };
+    let stderr = text(&out.stderr);
+    if stderr.contains("unshare failed") || stderr.contains("Operation not permitted") {
+        eprintln!("skipped: cannot make a network namespace here: {stderr}");
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("out of ephemeral ports")
+            && stderr.contains("net.ipv4.ip_local_port_range"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stress_example_names_the_file_limit() {
+    // With `ulimit -n 300` the run splits the servers by itself, but one client process
+    // forced to hold 400 sockets runs out of file slots: the run must say which limit.
+    let exe = common::example("stress");
+    let script = format!(
+        "ulimit -n 300 && exec {} --connections 400 --messages 1 --client-processes 1 \
+         --timeout 30",
+        exe.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success());
+    assert!(stdout.contains("soft 300 / hard 300"), "{stdout}");
+    assert!(
+        stderr.contains("out of file slots (EMFILE)") && stderr.contains("ulimit -n"),
+        "{stderr}"
+    );
+}
