@@ -178,6 +178,8 @@ struct Watch {
     since: Instant,
     reported: Option<report::Episode>,
     preempt_asked: bool,
+    /// CPU time of the thread when the episode was half the threshold old.
+    cpu_mark: Option<(Instant, u64)>,
 }
 
 fn watch() {
@@ -207,6 +209,7 @@ fn watch() {
                 w.switches = switches;
                 w.since = now;
                 w.preempt_asked = false;
+                w.cpu_mark = None;
                 continue;
             }
             let ran = now - w.since;
@@ -215,6 +218,9 @@ fn watch() {
                 .is_some_and(|limit| ran >= limit / 2)
             {
                 warm_up = !symbolizer_warm;
+                if w.cpu_mark.is_none() {
+                    w.cpu_mark = report::cpu_ns(w.probe.tid).map(|c| (now, c));
+                }
             }
             if !w.preempt_asked && config.time_slice.is_some_and(|slice| ran >= slice) {
                 w.probe.preempt.store(true, Ordering::Relaxed);
@@ -223,6 +229,7 @@ fn watch() {
             if let Some(limit) = config.max_blocking_time
                 && w.reported.is_none()
                 && ran >= limit
+                && !starved_by_the_os(w, now)
             {
                 let episode = report::Episode::capture(&w.probe, w.since, now);
                 report::deliver(&config, &episode.report);
@@ -238,6 +245,21 @@ fn watch() {
             symbolizer_warm = true;
         }
     }
+}
+
+/// Is the thread runnable but hardly getting the CPU (a busy machine), rather than held by
+/// its greenlet? Then it is not reported (yet): the greenlet is not the one at fault.
+/// A thread in a system call is never starved: blocking there is what is reported.
+fn starved_by_the_os(w: &Watch, now: Instant) -> bool {
+    let Some((since, cpu_then)) = w.cpu_mark else {
+        return false;
+    };
+    let wall = (now - since).as_nanos() as u64;
+    if wall == 0 || report::activity(w.probe.tid) != ThreadActivity::OnCpu {
+        return false;
+    }
+    let cpu = report::cpu_ns(w.probe.tid).map_or(wall, |c| c.saturating_sub(cpu_then));
+    cpu * 4 < wall // under a quarter of the time on a CPU
 }
 
 fn warm_symbolizer() {
@@ -273,6 +295,7 @@ fn refresh(watches: &mut Vec<Watch>, now: Instant) {
                 since: now,
                 reported: None,
                 preempt_asked: false,
+                cpu_mark: None,
             });
         }
     }

@@ -179,8 +179,14 @@ pub(crate) fn deliver(config: &Config, report: &BlockReport) {
     }
 }
 
+/// CPU time the thread has used, in ns (`/proc/self/task/<tid>/schedstat`).
+pub(crate) fn cpu_ns(tid: libc::pid_t) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Reads `/proc/self/task/<tid>/syscall`: `running`, or the number of the blocking call.
-fn activity(tid: libc::pid_t) -> ThreadActivity {
+pub(crate) fn activity(tid: libc::pid_t) -> ThreadActivity {
     let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
         return ThreadActivity::Unknown;
     };
