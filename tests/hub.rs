@@ -339,3 +339,22 @@ fn thread_pool_is_bounded_and_threads_are_named() {
         "{names:?}"
     );
 }
+
+thread_local! {
+    static GO: greenhub::Event = greenhub::Event::new();
+}
+
+#[test]
+fn a_live_hub_handle_counts_as_pending_cross_thread_work() {
+    // Only a job posted from another thread can set GO: without counting the handle, the
+    // main greenlet's wait would end at once with BlockForever.
+    let handle = hub::handle();
+    let poster = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        handle.spawn(|| GO.with(greenhub::Event::set));
+    });
+    let t = Instant::now();
+    GO.with(|go| go.wait()).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    poster.join().unwrap();
+}

@@ -107,7 +107,7 @@ impl Hub {
             .parent(&main)
             .build(|_| -> Result<(), Error> { current_hub().run() });
         let remote = Arc::new(remote::Remote::new(waker));
-        dump::register_hub(HubHandle::new(remote.clone()));
+        dump::register_hub(HubHandle::uncounted(remote.clone()));
         let probe = crate::greenlet::probe::current();
         if let Some(probe) = &probe {
             probe
@@ -314,7 +314,11 @@ impl Hub {
                 Some(Duration::ZERO)
             } else if let Some(at) = self.timers.borrow_mut().next_deadline() {
                 Some(at.saturating_duration_since(Instant::now()))
-            } else if self.io.waiting() == 0 && self.external.is_empty() && self.remote.is_empty() {
+            } else if self.io.waiting() == 0
+                && self.external.is_empty()
+                && self.remote.is_empty()
+                && !self.remote.has_handles()
+            {
                 self.block_forever();
                 continue;
             } else {
@@ -565,6 +569,9 @@ fn cooperate_slow() -> Result<(), Error> {
 }
 
 /// A [`HubHandle`] for this thread's hub, to post work to it from other threads.
+///
+/// While any handle lives, the hub counts it as pending cross-thread work: a greenlet
+/// waiting for something only a posted job can do is not told it would block forever.
 ///
 /// ```
 /// let handle = greenhub::hub::handle();

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::SegQueue;
@@ -26,6 +26,9 @@ pub(crate) struct Remote {
     waker: mio::Waker,
     /// Set by the first post after a drain, so a burst costs one wake-up syscall.
     notified: AtomicBool,
+    /// Live user `HubHandle`s: while one exists, another thread may still post work, so
+    /// the hub never declares "block forever".
+    handles: AtomicUsize,
 }
 
 impl Remote {
@@ -34,6 +37,7 @@ impl Remote {
             queue: SegQueue::new(),
             waker,
             notified: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
         }
     }
 
@@ -47,6 +51,11 @@ impl Remote {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Could another thread still post work (a user `HubHandle` is alive)?
+    pub(crate) fn has_handles(&self) -> bool {
+        self.handles.load(Ordering::Acquire) > 0
     }
 
     /// Takes everything posted so far (runs on the hub greenlet).
@@ -87,15 +96,30 @@ impl ExternalWaits {
 
 /// A `Send + Sync + Clone` handle to one thread's hub, to post work to it from any thread.
 ///
-/// Get one with [`greenhub::hub::handle()`](crate::hub::handle) on the hub's thread.
-#[derive(Clone)]
+/// Get one with [`greenhub::hub::handle()`](crate::hub::handle) on the hub's thread. While
+/// a handle lives, its hub never reports [`Error::BlockForever`]: work may still come.
 pub struct HubHandle {
     pub(crate) remote: Arc<Remote>,
+    /// Counted in `Remote::handles` (the hub's own registry entry for `dump()` is not).
+    counted: bool,
 }
 
 impl HubHandle {
+    /// A handle that keeps the hub from declaring "block forever" while it lives.
     pub(crate) fn new(remote: Arc<Remote>) -> HubHandle {
-        HubHandle { remote }
+        remote.handles.fetch_add(1, Ordering::AcqRel);
+        HubHandle {
+            remote,
+            counted: true,
+        }
+    }
+
+    /// A handle for the runtime's own use, which does not keep the hub waiting.
+    pub(crate) fn uncounted(remote: Arc<Remote>) -> HubHandle {
+        HubHandle {
+            remote,
+            counted: false,
+        }
     }
 
     /// Runs `f` in a new greenlet on the hub's thread. Wakes the hub if it is waiting in
@@ -105,6 +129,24 @@ impl HubHandle {
         F: FnOnce() + Send + 'static,
     {
         self.remote.post(RemoteMsg::Spawn(Box::new(f)));
+    }
+}
+
+impl Clone for HubHandle {
+    fn clone(&self) -> Self {
+        if self.counted {
+            HubHandle::new(self.remote.clone())
+        } else {
+            HubHandle::uncounted(self.remote.clone())
+        }
+    }
+}
+
+impl Drop for HubHandle {
+    fn drop(&mut self) {
+        if self.counted {
+            self.remote.handles.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
