@@ -106,8 +106,8 @@ impl<T, S: ?Sized> Completion<T, S> {
 /// ```
 #[derive(Default)]
 pub struct Builder {
-    name: Option<String>,
-    stack_size: Option<usize>,
+    /// The greenlet's settings; `create` adds the hub as the parent.
+    greenlet: greenlet::Builder,
 }
 
 impl Builder {
@@ -118,13 +118,13 @@ impl Builder {
 
     /// Names the greenlet (shown in panic reports, the monitor and `dump()`).
     pub fn name(mut self, name: impl Into<String>) -> Builder {
-        self.name = Some(name.into());
+        self.greenlet = self.greenlet.name(name);
         self
     }
 
     /// The usable stack size in bytes.
     pub fn stack_size(mut self, bytes: usize) -> Builder {
-        self.stack_size = Some(bytes);
+        self.greenlet = self.greenlet.stack_size(bytes);
         self
     }
 
@@ -190,13 +190,7 @@ impl Builder {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        let mut builder = greenlet::Builder::new().parent(hub.greenlet());
-        if let Some(name) = self.name {
-            builder = builder.name(name);
-        }
-        if let Some(size) = self.stack_size {
-            builder = builder.stack_size(size);
-        }
+        let builder = self.greenlet.parent(hub.greenlet());
         // One allocation holds the hub's task, `f` and the typed completion; the greenlet
         // reaches it through a weak handle (a strong one would keep itself alive).
         let task = Rc::new_cyclic(|me: &Weak<SpawnedTask<T, F>>| {
