@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::run_example;
-use greenhub::net::{StreamServer, TcpStream};
+use greenhub::net::{ServerThreads, StreamServer, TcpStream};
 
 /// Echoes until the peer closes.
 fn echo(mut conn: TcpStream, _peer: SocketAddr) {
@@ -75,8 +75,8 @@ fn threaded_server_accepts_on_every_thread_and_echoes() {
     );
 }
 
-#[test]
-fn threaded_server_stop_kills_handlers_that_do_not_finish() {
+/// A 2-hub server whose handlers count themselves in and then sleep for an hour.
+fn sleeping_server() -> (ServerThreads, Arc<AtomicUsize>) {
     let started = Arc::new(AtomicUsize::new(0));
     let s = started.clone();
     let server = StreamServer::threads(2)
@@ -85,6 +85,12 @@ fn threaded_server_stop_kills_handlers_that_do_not_finish() {
             greenhub::sleep(Duration::from_secs(3600));
         })
         .unwrap();
+    (server, started)
+}
+
+#[test]
+fn threaded_server_stop_kills_handlers_that_do_not_finish() {
+    let (server, started) = sleeping_server();
     let conns: Vec<_> = (0..10)
         .map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap())
         .collect();
@@ -104,14 +110,7 @@ fn threaded_server_stop_kills_handlers_that_do_not_finish() {
 
 #[test]
 fn threaded_server_stop_from_a_greenlet_is_cooperative() {
-    let started = Arc::new(AtomicUsize::new(0));
-    let s = started.clone();
-    let server = StreamServer::threads(2)
-        .bind("127.0.0.1:0", move |_conn, _peer| {
-            s.fetch_add(1, Ordering::SeqCst);
-            greenhub::sleep(Duration::from_secs(3600));
-        })
-        .unwrap();
+    let (server, started) = sleeping_server();
     let _conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
         started.load(Ordering::SeqCst) == 1
