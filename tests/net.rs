@@ -1225,8 +1225,13 @@ fn emfile_backoff_serves_open_connections_and_recovers() {
 
 /// Starts a serving example on a free port; returns it and the address it printed.
 fn start_example(name: &str) -> (std::process::Child, String) {
+    start_example_with(name, &[])
+}
+
+/// As `start_example`, with more arguments after the address.
+fn start_example_with(name: &str, args: &[&str]) -> (std::process::Child, String) {
     let mut cmd = Command::new(example(name));
-    cmd.arg("127.0.0.1:0");
+    cmd.arg("127.0.0.1:0").args(args);
     start_server(cmd)
 }
 
@@ -1400,6 +1405,113 @@ fn http_hello_keep_alive_and_pipelining_with_a_std_client() {
         (&s).read(&mut [0u8; 1]).unwrap(),
         0,
         "closed after Connection: close"
+    );
+}
+
+#[test]
+fn http_hello_reads_and_ignores_large_post_bodies_then_answers_pipelined_requests() {
+    let (child, addr) = start_example("http_hello");
+    let _reap = Reap(child);
+    let s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let ok = "HTTP/1.1 200 OK Hello, world!";
+    // Bodies of every size: the head limit counts the head only.
+    for size in [1_000, 16_000, 17_000, 65_536, 1 << 20] {
+        let body = "x".repeat(size);
+        let post =
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n{body}");
+        assert_eq!(http_exchange(&s, &post, 1), [ok], "POST of {size} bytes");
+    }
+    // A large body with requests pipelined behind it, in one write: each is answered,
+    // in order, on the same connection.
+    let body = "y".repeat(1 << 20);
+    let get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let batch = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}{get}{get}",
+        body.len()
+    );
+    assert_eq!(http_exchange(&s, &batch, 3), [ok, ok, ok]);
+    // A head over the limit still gets 431.
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "h".repeat(20_000));
+    let refused = http_exchange(&s, &huge, 1);
+    assert!(refused[0].starts_with("HTTP/1.1 431"), "{refused:?}");
+}
+
+#[test]
+fn curl_posts_a_megabyte_to_http_hello() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed: skipped (.ci/run installs it)");
+        return;
+    }
+    let (child, addr) = start_example("http_hello");
+    let _reap = Reap(child);
+    let file = std::env::temp_dir().join(format!("greenhub-post-{}.bin", std::process::id()));
+    std::fs::write(&file, vec![b'z'; 1 << 20]).unwrap();
+    let url = format!("http://{addr}/upload");
+    let data = format!("@{}", file.display());
+    let common = ["-sS", "--max-time", "20", "-w", " %{http_code}"];
+    // A plain POST, one that waits for `100 Continue` (curl's way for big bodies), then
+    // a GET: all on one connection.
+    let out = Command::new("curl")
+        .args(common)
+        .args(["--data-binary", &data, &url, "--next"])
+        .args(common)
+        .args(["-H", "Expect: 100-continue", "--data-binary", &data, &url])
+        .args(["--next"])
+        .args(common)
+        .args(["-v", &url])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello, world! 200Hello, world! 200Hello, world! 200"
+    );
+    assert!(
+        verbose.contains("Re-using existing connection") || verbose.contains("Reusing existing"),
+        "the GET after the bodies reused the connection:\n{verbose}"
+    );
+}
+
+#[test]
+fn http_hello_closes_a_silent_half_request_at_its_idle_timeout() {
+    let (child, addr) = start_example_with("http_hello", &["0.5"]);
+    let _reap = Reap(child);
+    let idle = Duration::from_millis(500);
+    let a = addr.clone();
+    let active = std::thread::spawn(move || {
+        let s = std::net::TcpStream::connect(&a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut rounds = 0;
+        while t.elapsed() < 4 * idle {
+            let r = http_exchange(&s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+            assert_eq!(r, ["HTTP/1.1 200 OK Hello, world!"]);
+            rounds += 1;
+            std::thread::sleep(100 * MS);
+        }
+        rounds
+    });
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: sl").unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        slow.read(&mut [0u8; 64]).unwrap(),
+        0,
+        "closed, with no answer"
+    );
+    let closed_after = t.elapsed();
+    assert!(
+        closed_after >= idle && closed_after < Duration::from_secs(8),
+        "{closed_after:?}"
+    );
+    assert!(
+        active.join().unwrap() >= 4,
+        "the keep-alive client was served meanwhile"
     );
 }
 
