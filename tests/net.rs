@@ -1072,6 +1072,60 @@ fn idle_timeout_counts_waits_across_read_timeouts_but_not_the_handlers_own_work(
     server.stop(Duration::ZERO);
 }
 
+#[test]
+fn idle_timeout_spares_a_connection_that_only_receives() {
+    const IDLE: Duration = Duration::from_millis(300);
+    const TICKS: usize = 12; // one every 100 ms: four idle timeouts long
+    let reader_saw: Rc<RefCell<Option<(io::ErrorKind, Duration)>>> = Rc::default();
+    let saw = reader_saw.clone();
+    let server = StreamServer::bind("127.0.0.1:0", move |conn: TcpStream, _| {
+        // One greenlet writes ticks while another waits to read from a client that never
+        // writes: bytes are moving, so the connection is not idle.
+        let conn = Rc::new(conn);
+        let w = conn.clone();
+        let writer = spawn(move || {
+            for _ in 0..TICKS {
+                if (&*w).write_all(b"t").is_err() {
+                    return;
+                }
+                sleep(100 * MS);
+            }
+        });
+        let t = Instant::now();
+        let e = (&*conn).read(&mut [0u8; 1]).unwrap_err();
+        *saw.borrow_mut() = Some((e.kind(), t.elapsed()));
+        let _ = writer.join();
+    })
+    .unwrap()
+    .idle_timeout(IDLE);
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    let ticks = spawn_blocking(move || -> io::Result<Vec<u8>> {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got)?; // ends when the idle timeout closes it
+        Ok(got)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        ticks,
+        vec![b't'; TICKS],
+        "every tick arrived before the close"
+    );
+    assert!(wait_until(Duration::from_secs(5), || reader_saw
+        .borrow()
+        .is_some()));
+    let (kind, waited) = reader_saw.borrow().unwrap();
+    assert_eq!(kind, io::ErrorKind::TimedOut);
+    assert!(
+        waited >= 100 * MS * (TICKS as u32 - 1),
+        "the reader's wait ended after {waited:?}, while the writer was still moving bytes"
+    );
+    server.stop(Duration::ZERO);
+}
+
 // ---- EMFILE back-off, in a child process ----
 
 const EMFILE_CHILD: &str = "GREENHUB_NET_EMFILE_CHILD";

@@ -74,6 +74,7 @@
 //!   keeps serving open connections.
 
 mod addr;
+mod idle;
 mod server;
 mod tcp;
 mod udp;
@@ -88,6 +89,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 
 use crate::hub::{Direction, Hub, current_hub};
+use idle::IdleClock;
 
 pub use addr::{ToSocketAddrs, gethostbyname, lookup_host};
 pub use server::{ServerStats, ServerThreads, StreamServer, ThreadedBuilder};
@@ -173,9 +175,7 @@ pub(crate) struct Io<S> {
     write_timeout: Cell<Option<Duration>>,
     nonblocking: Cell<bool>,
     /// A server's idle timeout on this connection (see [`Io::set_idle_timeout`]).
-    idle_timeout: Cell<Option<Duration>>,
-    /// Time spent waiting on this socket since a call on it last succeeded.
-    idle_spent: Cell<Duration>,
+    idle: IdleClock,
     /// A listener's next pause after `accept` ran out of resources (zero: none yet).
     accept_backoff: Cell<Duration>,
     sock: S,
@@ -189,8 +189,7 @@ impl<S: AsFd> Io<S> {
             read_timeout: Cell::new(None),
             write_timeout: Cell::new(None),
             nonblocking: Cell::new(false),
-            idle_timeout: Cell::new(None),
-            idle_spent: Cell::new(Duration::ZERO),
+            idle: IdleClock::default(),
             accept_backoff: Cell::new(Duration::ZERO),
             sock,
         })
@@ -232,7 +231,7 @@ impl<S: AsFd> Io<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(r) => {
-                    self.idle_spent.set(Duration::ZERO);
+                    self.idle.progress();
                     return Ok(r);
                 }
                 Err(e) => return Err(e),
@@ -241,32 +240,31 @@ impl<S: AsFd> Io<S> {
     }
 
     /// One wait of [`io_loop`](Io::io_loop): until ready, `deadline`, or the idle timeout
-    /// (what is left of it after the waits since the last success), whichever is first.
+    /// runs out (see [`IdleClock`]), whichever is first.
     fn wait(&self, direction: Direction, deadline: Option<(Instant, Expiry)>) -> io::Result<()> {
-        let Some(idle) = self.idle_timeout.get() else {
+        let Some(_idle_wait) = self.idle.begin_wait() else {
             return match self.reg.wait_until(direction, deadline.map(|(at, _)| at))? {
                 true => Ok(()),
                 false => Err(deadline.map_or(Expiry::SocketTimeout, |(_, e)| e).error()),
             };
         };
-        let start = Instant::now();
-        let idle_at = start + idle.saturating_sub(self.idle_spent.get());
-        let own = deadline.filter(|&(at, _)| at < idle_at);
-        let ready = self
-            .reg
-            .wait_until(direction, Some(own.map_or(idle_at, |(at, _)| at)));
-        self.idle_spent.set(self.idle_spent.get() + start.elapsed());
-        match (ready?, own) {
+        let idle_at = self.idle.expires_at();
+        let own = deadline.filter(|&(at, _)| idle_at.is_none_or(|i| at < i));
+        let until = own.map(|(at, _)| at).or(idle_at);
+        match (self.reg.wait_until(direction, until)?, own) {
             (true, _) => Ok(()),
             (false, Some((_, expiry))) => Err(expiry.error()),
-            (false, None) => Err(self.idle_expired(idle)),
+            // Another call on the connection succeeded meanwhile: the clock restarted.
+            (false, None) if self.idle.expires_at().is_some_and(|i| Instant::now() < i) => Ok(()),
+            (false, None) => Err(self.idle_expired()),
         }
     }
 
     /// The idle timeout passed: shut the connection down (the peer sees end-of-file, later
     /// calls fail at once) and say why.
-    fn idle_expired(&self, idle: Duration) -> io::Error {
+    fn idle_expired(&self) -> io::Error {
         let _ = socket2::SockRef::from(&self.sock).shutdown(Shutdown::Both);
+        let idle = self.idle.timeout().unwrap_or_default();
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!("the connection was idle for {idle:?}: shut down by the idle timeout"),
@@ -306,11 +304,10 @@ impl<S: AsFd> Io<S> {
         }
     }
 
-    /// Closes the connection after `timeout` spent waiting on it without a call
-    /// succeeding (`None`: never); see [`StreamServer::idle_timeout`].
+    /// Shuts the connection down once calls on it have waited `timeout` since one last
+    /// succeeded (`None`: never); see [`IdleClock`] and [`StreamServer::idle_timeout`].
     fn set_idle_timeout(&self, timeout: Option<Duration>) {
-        self.idle_timeout.set(timeout);
-        self.idle_spent.set(Duration::ZERO);
+        self.idle.set_timeout(timeout);
     }
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {

@@ -175,10 +175,12 @@ impl StreamServer {
     /// peers that vanished without a FIN — which would otherwise hold a handler and a
     /// descriptor forever.
     ///
-    /// The clock runs only while the handler waits in a read or write on its connection
-    /// (or on a `try_clone` of it), and restarts whenever such a call succeeds; time the
-    /// handler spends on other work (computing, waiting on a queue or another socket)
-    /// does not count. When it runs out, the waiting call fails with
+    /// The clock runs only while a read or write on the connection waits (a reader and a
+    /// writer greenlet sharing it through `&TcpStream` or `try_clone` count once), and
+    /// restarts at zero whenever any call on it succeeds: a connection that only
+    /// receives, while one greenlet waits to read from it, is not idle. Time the handler
+    /// spends on other work (computing, waiting on a queue or another socket) does not
+    /// count. When it runs out, the waiting call fails with
     /// `io::ErrorKind::TimedOut` and the connection is shut down in both directions: the
     /// peer reads end-of-file, and every later read returns 0 and every write fails, so
     /// a handler that ends on an error or on end-of-file ends. The connection's own
