@@ -1158,6 +1158,121 @@ fn emfile_child_server() {
     server.serve_forever().unwrap();
 }
 
+const ACCEPT_PAUSE_CHILD: &str = "GREENHUB_NET_ACCEPT_PAUSE_CHILD";
+
+/// Sets the soft `RLIMIT_NOFILE` of this process (`None`: up to the hard limit).
+fn set_soft_fd_limit(soft: Option<usize>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = soft.map_or(lim.rlim_max, |s| s as libc::rlim_t);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// The lowest free descriptor number: with the soft limit there, no descriptor can be made.
+fn lowest_free_fd() -> usize {
+    let probe = std::fs::File::open("/dev/null").unwrap(); // the kernel gives the lowest
+    probe.as_raw_fd() as usize
+}
+
+/// The body of `accept_pauses_cooperatively_before_returning_emfile`; does nothing unless
+/// run as its child (it lowers the whole process's descriptor limit).
+#[test]
+fn accept_pause_child() {
+    if std::env::var_os(ACCEPT_PAUSE_CHILD).is_none() {
+        return;
+    }
+    let path = temp_path("accept-pause");
+    let unix = UnixListener::bind(&path).unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A connection waits in each backlog; accepting it needs a descriptor.
+    let _u = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let _t = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    let ticks = Rc::new(Cell::new(0u32));
+    let t2 = ticks.clone();
+    let _ticker = spawn(move || {
+        loop {
+            sleep(MS);
+            t2.set(t2.get() + 1);
+        }
+    });
+    sleep(5 * MS);
+    let accepts: [(&str, &dyn Fn() -> io::Result<()>); 2] = [
+        ("tcp", &|| tcp.accept().map(drop)),
+        ("unix", &|| unix.accept().map(drop)),
+    ];
+    for (name, accept) in accepts {
+        set_soft_fd_limit(Some(lowest_free_fd())); // not one descriptor to spare
+        for pause in [5, 10, 20, 40] {
+            let (t, before) = (Instant::now(), ticks.get());
+            let e = accept().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{name}: {e}");
+            assert!(
+                t.elapsed() >= pause * MS,
+                "{name}: EMFILE after {:?}, before the {pause} ms pause",
+                t.elapsed()
+            );
+            assert!(
+                ticks.get() > before,
+                "{name}: the other greenlets ran meanwhile"
+            );
+        }
+        set_soft_fd_limit(None);
+        accept().unwrap(); // a success ends the episode
+        println!("{name} ok");
+    }
+    // Non-blocking mode: the error at once, without switching.
+    tcp.set_nonblocking(true).unwrap();
+    let _t2 = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    sleep(5 * MS);
+    set_soft_fd_limit(Some(lowest_free_fd()));
+    let before = ticks.get();
+    let e = tcp.accept().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+    assert_eq!(ticks.get(), before, "non-blocking accept does not pause");
+    println!("nonblocking ok");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn accept_pauses_cooperatively_before_returning_emfile() {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "accept_pause_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ACCEPT_PAUSE_CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child did not finish in 60 s");
+        }
+        std::thread::sleep(10 * MS);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["tcp ok", "unix ok", "nonblocking ok"] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+}
+
 /// The child's CPU time so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
