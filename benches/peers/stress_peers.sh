@@ -10,6 +10,8 @@
 #   greenhub, 1 hub        examples/peer_echo.rs greenhub          (StreamServer)
 #   greenhub, N hubs       examples/peer_echo.rs greenhub-hubs     (StreamServer::per_core)
 #   tokio current_thread   examples/peer_echo.rs tokio             (one thread, like one hub)
+#   may, 1 worker          examples/peer_echo.rs may               (a coroutine per connection,
+#                                                                   set_workers(1), unpinned)
 #   std thread/connection  examples/peer_echo.rs threads
 #   gevent StreamServer    Python, in a throwaway venv under the target dir (pip install
 #                          gevent; if pip fails, that row is skipped and says so)
@@ -80,11 +82,12 @@ GEVENT_VERSION=""
 [ -z "$GEVENT_SKIP" ] && GEVENT_VERSION=$("$VENV/bin/python" -c 'import gevent; print(gevent.__version__)')
 
 # The rows: NAME, TITLE, connections; `serve NAME` starts that server.
-NAMES=(greenhub-1 greenhub-n tokio threads gevent greenhub-split)
+NAMES=(greenhub-1 greenhub-n tokio may threads gevent greenhub-split)
 declare -A TITLE=(
     [greenhub-1]="greenhub, 1 hub"
     [greenhub-n]="greenhub, $CORES hubs"
     [tokio]="tokio current_thread"
+    [may]="may, 1 worker"
     [threads]="std thread per connection"
     [threads-10k]="std thread per connection, at 10,000"
     [gevent]="gevent StreamServer $GEVENT_VERSION"
@@ -99,6 +102,7 @@ serve() {
     greenhub-1) exec "$PEER" greenhub 127.0.0.1:0 ;;
     greenhub-n) exec "$PEER" "greenhub-hubs=$CORES" 127.0.0.1:0 ;;
     tokio) exec "$PEER" tokio 127.0.0.1:0 ;;
+    may) exec "$PEER" may 127.0.0.1:0 ;;
     threads | threads-10k) exec "$PEER" threads 127.0.0.1:0 ;;
     gevent) exec "$VENV/bin/python" "$OUT/gevent_echo.py" 127.0.0.1:0 ;;
     esac
