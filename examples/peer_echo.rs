@@ -7,8 +7,9 @@
 //!
 //! KIND is `greenhub` (one hub: `StreamServer::serve_forever`), `greenhub-hubs[=N]`
 //! (`StreamServer::threads(N)`, default one hub per core), `tokio` (a `current_thread`
-//! runtime), `may` (may with one worker, a coroutine per connection) or `threads` (std, a
-//! thread per connection). All listen with a backlog of 1,024. It prints `listening on ADDR` and `pid PID`, then serves until killed.
+//! runtime), `may` (may with one worker, unpinned, a coroutine per connection) or
+//! `threads` (std, a thread per connection). All listen with a backlog of 1,024. It
+//! prints `listening on ADDR` and `pid PID`, then serves until killed.
 
 #[path = "support/peers.rs"]
 mod peers;
