@@ -24,8 +24,8 @@
 # room for each runtime's own descriptors. The client side is split by the harness.
 #
 # Each server runs ROUNDS times (default 3, interleaved); the table shows the median run
-# by msgs/s. Prints a table; every run's figures are in the RESULT line of
-# <target>/peers/<name>.<round>.out (its plot: .svg, its progress and errors: .err).
+# by msgs/s. Prints a table and `BENCH` lines; every run's figures are in the RESULT line
+# of <target>/peers/<name>.<round>.out (its plot: .svg, its progress and errors: .err).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -74,6 +74,8 @@ EOF
 
 ROWS=()
 NOTES=()
+BENCH=()
+declare -A MSGS_PER_S=()
 PEER_PID=""
 cleanup() { [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -166,6 +168,13 @@ row() {
         "$(field rss_per_conn_kib "$median") KiB" \
         "$(awk -v s="$(field server_cpu_s "$median")" -v m="$(field msgs "$median")" \
             'BEGIN { if (m > 0) printf "%.1f us", s * 1e6 / m }')")")
+    local key=stress_${name//-/_}
+    MSGS_PER_S[$name]=$(field msgs_per_s "$median")
+    BENCH+=("BENCH ${key}_msgs_per_s $(field msgs_per_s "$median") msgs/s")
+    BENCH+=("BENCH ${key}_p99 $(awk -v us="$(field p99_us "$median")" 'BEGIN { printf "%.0f", us / 1000 }') ms")
+    BENCH+=("BENCH ${key}_rss_per_conn $(field rss_per_conn_kib "$median") KiB")
+    BENCH+=("BENCH ${key}_cpu_per_msg $(awk -v s="$(field server_cpu_s "$median")" -v m="$(field msgs "$median")" \
+        'BEGIN { if (m > 0) printf "%.1f", s * 1e6 / m; else print "nan" }') us")
 }
 
 # Rounds interleave the servers, so that a noisy moment does not fall on one of them.
@@ -206,3 +215,13 @@ if [ ${#NOTES[@]} -gt 0 ]; then
     echo
     printf -- '- %s\n' "${NOTES[@]}"
 fi
+# greenhub (one hub) against the one-thread peers, msgs/s of the median runs.
+for peer in tokio may; do
+    g=${MSGS_PER_S[greenhub-1]:-}
+    p=${MSGS_PER_S[$peer]:-}
+    if [ -n "$g" ] && [ -n "$p" ]; then
+        BENCH+=("BENCH stress_ratio_greenhub_1_$peer $(awk -v a="$g" -v b="$p" 'BEGIN { printf "%.2f", a / b }') x")
+    fi
+done
+echo
+printf '%s\n' "${BENCH[@]}"
