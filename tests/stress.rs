@@ -1,5 +1,5 @@
 //! Scale: the multi-hub server (`StreamServer::threads`) and small runs of
-//! `examples/stress.rs` — a split run that passes, a client that dies mid-run, a bad flag.
+//! `examples/stress/` — a split run that passes, a client that dies mid-run, a bad flag.
 //! The 20,000-connection run itself is an example that `.ci/run` runs bounded.
 //!
 //! The example tests run target/<profile>/examples/stress: `cargo test` builds it; with
@@ -159,7 +159,7 @@ fn threaded_server_bind_errors_and_per_core() {
     server.stop(Duration::ZERO);
 }
 
-// ---- examples/stress.rs ----
+// ---- examples/stress/ ----
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
