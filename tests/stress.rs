@@ -257,33 +257,105 @@ fn stress_example_rejects_bad_flags() {
     assert!(text(&out.stderr).contains("usage: stress"));
 }
 
-#[test]
-fn stress_example_names_the_ephemeral_port_limit() {
-    // In a network namespace of its own (root only) with 50 ephemeral ports (x 8 loopback sources), 1,000
-    // connections run out of ports: the run must say so and fail.
-    let exe = common::example("stress");
+/// Runs `script` under `sh` in a network namespace of its own (root only: `unshare -n`)
+/// with loopback up and the ephemeral port range set to `ports`; `None` (and a note)
+/// where no namespace can be made.
+fn in_netns(ports: &str, script: &str) -> Option<std::process::Output> {
     let script = format!(
-        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40049' && \
-         exec {} --connections 1000 --messages 1 --timeout 30",
-        exe.display()
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='{ports}' && {script}"
     );
-    let out = std::process::Command::new("unshare")
+    let out = match std::process::Command::new("unshare")
         .args(["-n", "sh", "-c", &script])
-        .output();
-    let Ok(out) = out else {
-        eprintln!("skipped: no unshare");
-        return;
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: no unshare: {e}");
+            return None;
+        }
     };
     let stderr = text(&out.stderr);
     if stderr.contains("unshare failed") || stderr.contains("Operation not permitted") {
         eprintln!("skipped: cannot make a network namespace here: {stderr}");
-        return;
+        return None;
     }
+    Some(out)
+}
+
+/// The first `n` lines of `s`, joined.
+fn first_lines(s: &str, n: usize) -> String {
+    s.lines().take(n).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn stress_example_refuses_a_run_the_port_range_cannot_hold() {
+    // 50 ephemeral ports and 4 source addresses hold 200 connections, not 1,000: the run
+    // must say so before it starts anything.
+    let exe = common::example("stress");
+    let Some(out) = in_netns(
+        "40000 40049",
+        &format!(
+            "exec {} --connections 1000 --messages 1 --sources 4 --timeout 30",
+            exe.display()
+        ),
+    ) else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success());
+    let first = first_lines(&stderr, 3);
     assert!(
-        stderr.contains("out of ephemeral ports")
-            && stderr.contains("net.ipv4.ip_local_port_range"),
+        first.contains("cannot succeed")
+            && first.contains("ephemeral port range")
+            && first.contains("net.ipv4.ip_local_port_range is 40000-40049: 50 ports"),
         "{stderr}"
+    );
+    assert!(!stdout.contains("\nrun: "), "nothing started:\n{stdout}");
+    assert!(stdout.contains("failed_phase=plan"), "{stdout}");
+}
+
+#[test]
+fn stress_example_spreads_its_sources_to_fit_a_narrow_port_range() {
+    // 1,000 connections with 50 ephemeral ports: the run spreads over enough loopback
+    // source addresses (a quarter of the range each) and says so.
+    let exe = common::example("stress");
+    let Some(out) = in_netns(
+        "40000 40049",
+        &format!(
+            "exec {} --connections 1000 --messages 1 --timeout 60",
+            exe.display()
+        ),
+    ) else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1,000 connections from 127.0.0.1 to 127.0.0.84 (84): up to 12 each"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn stress_example_runs_again_while_the_last_runs_sockets_sit_in_time_wait() {
+    // 600 connections over 4 source addresses with 200 ports each: the first run leaves
+    // 600 sockets in TIME_WAIT on those ports. Bound to a port of its own, the second
+    // run's sockets would find only 50 free per address; the kernel picks each port per
+    // (source, server) pair instead, and the second run gets the whole range again.
+    let exe = common::example("stress");
+    let run = format!(
+        "{} --connections 600 --messages 1 --sources 4 --timeout 60",
+        exe.display()
+    );
+    let Some(out) = in_netns("40000 40199", &format!("{run} && {run}")) else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("| stress | passed |").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("the 600 sockets in TIME_WAIT"),
+        "the second run starts with the first one's 600 in TIME_WAIT:\n{stdout}"
     );
 }
 

@@ -38,6 +38,8 @@ struct ClientCounters {
     lost: AtomicU64,
     /// Connections whose exchange has ended (either way; failed connects count).
     finished: AtomicU64,
+    /// Time spent in the `connect` system calls (where Linux picks the local port), ns.
+    connect_ns: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
@@ -62,6 +64,8 @@ struct ClientParams {
     messages: usize,
     size: usize,
     seed: u64,
+    /// Loopback source addresses the connections spread over.
+    sources: u32,
     /// Bounds each connect.
     io_timeout: Duration,
     /// Exit abruptly after this many messages (fault injection for the tests).
@@ -96,6 +100,7 @@ pub fn run(o: &Opts) -> ExitCode {
         messages: o.messages,
         size: o.size,
         seed: o.seed,
+        sources: o.sources.unwrap_or(load::LOOPBACK_SOURCES),
         io_timeout: o.timeout.min(Duration::from_secs(60)),
         abort_after: (o.fault.as_deref() == Some("client-abort") && o.first == 0)
             .then_some((o.count * o.messages / 4) as u64),
@@ -122,7 +127,7 @@ pub fn run(o: &Opts) -> ExitCode {
     // have used it up, reading /proc fails too.
     let _ = load::nofile_limits();
     if o.count == 0 {
-        say!("CONNECTED ok=0 failed=0 ms=0");
+        say!("CONNECTED ok=0 failed=0 ms=0 connect_us=0");
         say!("DONE msgs=0 bytes=0 corrupted=0 io_errors=0 lost=0 ms=0");
     }
     let reporter = counters.clone();
@@ -131,13 +136,15 @@ pub fn run(o: &Opts) -> ExitCode {
             std::thread::sleep(REPORT);
             let c = &reporter;
             say!(
-                "PROGRESS connected={} failed={} open={} msgs={} bytes={} finished={}",
+                "PROGRESS connected={} failed={} open={} msgs={} bytes={} finished={} \
+                 connect_us={}",
                 c.connected.load(Ordering::Relaxed),
                 c.failed.load(Ordering::Relaxed),
                 c.open.load(Ordering::Relaxed),
                 c.msgs.load(Ordering::Relaxed),
                 c.bytes.load(Ordering::Relaxed),
                 c.finished.load(Ordering::Relaxed),
+                c.connect_ns.load(Ordering::Relaxed) / 1000,
             );
         }
     });
@@ -223,10 +230,13 @@ fn connection(
 ) {
     let conn = {
         let _permit = permits.acquire();
-        load::connect_spread(id, p.addr, p.io_timeout)
+        let src = load::spread_source(id, p.sources, p.addr);
+        load::connect_from(src, p.addr, p.io_timeout)
     };
     let conn = match conn {
-        Ok(s) => {
+        Ok((s, syscall)) => {
+            let ns = u64::try_from(syscall.as_nanos()).unwrap_or(u64::MAX);
+            c.connect_ns.fetch_add(ns, Ordering::Relaxed);
             c.connected.fetch_add(1, Ordering::Relaxed);
             c.open.fetch_add(1, Ordering::Relaxed);
             Some(s)
@@ -240,10 +250,11 @@ fn connection(
     };
     if c.settled.fetch_add(1, Ordering::AcqRel) + 1 == p.count {
         say!(
-            "CONNECTED ok={} failed={} ms={}{}",
+            "CONNECTED ok={} failed={} ms={} connect_us={}{}",
             c.connected.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
             p.started.elapsed().as_millis(),
+            c.connect_ns.load(Ordering::Relaxed) / 1000,
             c.error_suffix()
         );
     }

@@ -18,6 +18,13 @@
 //!    listening on one port with `SO_REUSEPORT`: the kernel spreads the connections over
 //!    them. The clients are split the same way (`--role client`). The run prints the
 //!    numbers it used.
+//!    **The port range decides the sources.** Each connection from one source address
+//!    to one server address needs its own local port of `net.ipv4.ip_local_port_range`:
+//!    the clients spread over as many addresses of 127.0.0.0/8 as keep each under a
+//!    quarter of the range, and bind with `IP_BIND_ADDRESS_NO_PORT` so that connect
+//!    picks each port per (source, server) pair (TIME_WAIT sockets of earlier runs are
+//!    then not in the way). A run that cannot get a port per connection is refused
+//!    before it starts.
 //! 2. **Connect.** Every client connection is a greenlet; all connect, then wait.
 //! 3. **Barrier.** Nobody sends until every client has connected *and* the servers count
 //!    all N connections open (`ServerThreads::stats().active`, summed over processes).
@@ -48,12 +55,14 @@ mod children;
 mod client;
 mod options;
 mod plot;
+mod ports;
 mod progress;
 mod protocol;
 mod report;
 mod run;
 mod server;
 mod split;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -76,6 +85,11 @@ fn main() -> ExitCode {
     // Plan the split by the file limit, and say it.
     let plan = split::plan(&o);
     plan.explain(&o, o.connect.is_none());
+    if let Err(why) = plan.check(&o) {
+        eprintln!("\nstress: cannot succeed, so the run does not start: {why}");
+        println!("{}", report::not_started(&o));
+        return ExitCode::FAILURE;
+    }
     let mut run = match Run::new(o, plan) {
         Ok(r) => r,
         Err(e) => {

@@ -27,6 +27,8 @@ pub struct Opts {
     pub connect: Option<String>,
     pub serve: Option<String>,
     pub server_pid: Option<u32>,
+    /// Loopback source addresses the clients spread over (`None`: as the port range asks).
+    pub sources: Option<u32>,
     pub seed: u64,
     pub timeout: Duration,
     pub plot: Option<PathBuf>,
@@ -51,6 +53,7 @@ impl Default for Opts {
             connect: None,
             serve: None,
             server_pid: None,
+            sources: None,
             seed: 1,
             timeout: Duration::from_secs(120),
             plot: None,
@@ -80,6 +83,8 @@ usage: stress [OPTIONS]
   --server-pid PID      with --connect: read that server's RSS, CPU and open fds
   --serve ADDR          only serve on ADDR, for an external client; ends when N
                         connections have come and gone
+  --sources K           loopback source addresses the clients spread over, from
+                        127.0.0.1 up (as many as the ephemeral port range needs)
   --seed X              PRNG seed of the message sizes and contents (1)
   --timeout SECS        deadline of the whole run (120)
   --plot PATH           where to write the SVG plot (<target>/stress.svg)
@@ -105,6 +110,7 @@ pub fn parse() -> Result<Opts, lexopt::Error> {
             Long("connect") => o.connect = Some(p.value()?.string()?),
             Long("serve") => o.serve = Some(p.value()?.string()?),
             Long("server-pid") => o.server_pid = Some(p.value()?.parse()?),
+            Long("sources") => o.sources = Some(p.value()?.parse()?),
             Long("seed") => o.seed = p.value()?.parse()?,
             Long("timeout") => {
                 let secs: f64 = p.value()?.parse()?;
@@ -137,6 +143,13 @@ pub fn parse() -> Result<Opts, lexopt::Error> {
     }
     if o.client_processes == Some(0) {
         return Err("--client-processes must be at least 1".into());
+    }
+    if o.sources == Some(0) || o.sources > Some(crate::load::LOOPBACK_SOURCES_MAX) {
+        return Err(format!(
+            "--sources must be 1 to {} (the addresses of 127.0.0.0/8)",
+            crate::load::LOOPBACK_SOURCES_MAX
+        )
+        .into());
     }
     if o.connect.is_some() && o.serve.is_some() {
         return Err("--connect and --serve exclude each other".into());

@@ -6,8 +6,18 @@ use std::time::Duration;
 
 use crate::children::Proc;
 use crate::load::{Histogram, fmt_dur, thousands};
+use crate::options::Opts;
 use crate::run::{Failure, Phases, Run};
 use crate::split::layout;
+
+/// The `RESULT` line of a run refused before it started.
+pub fn not_started(o: &Opts) -> String {
+    format!(
+        "RESULT ok=0 connections={} held=0 errors={} failed_phase=plan",
+        o.connections,
+        o.connections as u64 * o.messages as u64
+    )
+}
 
 impl Run {
     /// The table and the `RESULT` line of a stress run; whether it passed.
@@ -59,6 +69,13 @@ impl Run {
                 .unwrap_or(0)
         };
         let held_min = self.min_open_exchange.unwrap_or(0);
+        let connected_sum = |key: &str| -> u64 {
+            self.clients()
+                .filter_map(|p| p.connected.as_ref()?.get(key).copied())
+                .sum()
+        };
+        let connect_call_us =
+            connected_sum("connect_us") as f64 / connected_sum("ok").max(1) as f64;
         let errors = corrupted + io_errors + lost + (n as u64 * m).saturating_sub(msgs + lost);
         let mut ok = errors == 0 && msgs == n as u64 * m;
         let msgs_per_s = msgs as f64 / exchange_time.as_secs_f64().max(1e-9);
@@ -178,7 +195,14 @@ impl Run {
                 "connect time ({} connections, to the barrier)",
                 thousands(n as u64)
             ),
-            format!("{:.2} s", connect_time.as_secs_f64()),
+            format!(
+                "{:.2} s (connect() calls {connect_call_us:.0} us each{})",
+                connect_time.as_secs_f64(),
+                match self.watch.port_search_us {
+                    Some(_) => ": the port search limited it",
+                    None => "",
+                }
+            ),
         ));
         rows.push((
             "exchange time".into(),
@@ -224,7 +248,7 @@ impl Run {
         println!(
             "RESULT ok={} connections={} held={} errors={errors} msgs={msgs} bytes={bytes} \
              msgs_per_s={:.0} p50_us={:.0} p99_us={:.0} max_us={:.0} connect_s={:.3} \
-             exchange_s={:.3} server_rss_kib={server_rss} rss_per_conn_kib={:.2} \
+             connect_call_us={connect_call_us:.1} exchange_s={:.3} server_rss_kib={server_rss} rss_per_conn_kib={:.2} \
              server_cpu_s={:.3} client_cpu_s={:.3} wall_s={:.3}",
             u8::from(ok),
             n,

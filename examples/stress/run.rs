@@ -11,6 +11,7 @@ use crate::load::{self, thousands};
 use crate::options::{Opts, resolve};
 use crate::progress::{Progress, Sample};
 use crate::split::Plan;
+use crate::watch::Watch;
 
 /// How often the orchestrator samples for the progress display and the plot.
 const TICK: Duration = Duration::from_millis(100);
@@ -81,6 +82,8 @@ pub struct Run {
     pub ext_peak_rss: u64,
     /// At the barrier: the servers' count, and since when it has not changed.
     pub stall: Option<(u64, Instant)>,
+    /// What limits the run, as it showed.
+    pub watch: Watch,
 }
 
 impl Run {
@@ -111,6 +114,7 @@ impl Run {
             ext_base: None,
             ext_peak_rss: 0,
             stall: None,
+            watch: Watch::default(),
         })
     }
 
@@ -188,6 +192,7 @@ impl Run {
                 self.sample();
                 self.check_external_server()?;
                 self.check_barrier_stall()?;
+                self.watch()?;
             }
         }
     }
@@ -304,6 +309,20 @@ impl Run {
                 self.start_servers("127.0.0.1:0")?
             }
         };
+        // TIME_WAIT sockets toward this very address could hold ports the run needs.
+        let dst = resolve(&target).map_err(Failure)?;
+        let in_way = self.plan.ports.in_way(n as u64, dst);
+        if let Some(w) = &in_way {
+            println!(
+                "ports: {} sockets in TIME_WAIT toward {target} hold ports of this run's source \
+                 addresses (net.ipv4.tcp_tw_reuse does not let connect reuse them).",
+                thousands(w.iter().map(|&(_, c)| c).sum())
+            );
+        }
+        self.plan
+            .ports
+            .check(n as u64, in_way.as_deref())
+            .map_err(|e| Failure(format!("cannot succeed: {e}")))?;
         println!(
             "run: {} connections x {} messages of 1..={} bytes to {target}; seed {}; deadline {} s",
             thousands(n as u64),
@@ -336,6 +355,8 @@ impl Run {
                 self.o.seed.to_string(),
                 "--client-threads".into(),
                 self.o.client_threads.to_string(),
+                "--sources".into(),
+                self.plan.ports.sources.to_string(),
                 "--timeout".into(),
                 self.o.timeout.as_secs_f64().to_string(),
             ];

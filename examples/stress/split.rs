@@ -6,6 +6,7 @@
 
 use crate::load::{self, thousands};
 use crate::options::Opts;
+use crate::ports::{self, Ports};
 
 /// How the file limit splits the run.
 pub struct Plan {
@@ -15,6 +16,8 @@ pub struct Plan {
     pub server_procs: usize,
     pub server_hubs: usize,
     pub client_procs: usize,
+    /// The clients' source addresses and the port budget.
+    pub ports: Ports,
 }
 
 /// The split `o` asks for under this process's file limit.
@@ -57,10 +60,22 @@ pub fn plan(o: &Opts) -> Plan {
         server_procs,
         server_hubs,
         client_procs,
+        ports: ports::plan(o),
     }
 }
 
 impl Plan {
+    /// Fails, before anything starts, when the run cannot succeed under this split.
+    ///
+    /// # Errors
+    /// The limit that stops it, in words, with how to raise it.
+    pub fn check(&self, o: &Opts) -> Result<(), String> {
+        if o.serve.is_none() {
+            self.ports.check(o.connections as u64, None)?;
+        }
+        Ok(())
+    }
+
     /// Prints the file limit and the split it makes (the servers' part when `servers`).
     pub fn explain(&self, o: &Opts, servers: bool) {
         let p = self;
@@ -103,6 +118,7 @@ impl Plan {
                 layout("client", p.client_procs, o.client_threads),
                 thousands(n / p.client_procs as u64)
             );
+            p.ports.explain(n);
         }
     }
 }

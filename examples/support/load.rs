@@ -27,9 +27,15 @@ mod rng;
 
 pub use bench_client::{BenchResult, bench_client};
 pub use checksum::Checksum;
-pub use connect::{CONNECTS_IN_FLIGHT, LOOPBACK_SOURCES, connect_spread};
+pub use connect::{
+    CONNECTS_IN_FLIGHT, LOOPBACK_SOURCES, LOOPBACK_SOURCES_MAX, connect_from, connect_spread,
+    loopback_source, spread_source,
+};
 pub use fmt::{fmt_dur, thousands};
 pub use histogram::Histogram;
 pub use limits::{FD_RESERVE, describe, limit_hint};
-pub use procfs::{count_fds, cpu_time, nofile_limits, port_range, status_kib};
+pub use procfs::{
+    TcpStat, count_fds, cpu_time, meminfo_kib, nofile_limits, port_range, status_kib, sysctl,
+    sysctl_all, tcp_sockstat, time_wait_toward,
+};
 pub use rng::Rng;

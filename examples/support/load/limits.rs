@@ -14,11 +14,12 @@ pub fn limit_hint(e: &io::Error) -> Option<String> {
         libc::EADDRNOTAVAIL => {
             let (lo, hi) = port_range().unwrap_or((32768, 60999));
             Some(format!(
-                "out of ephemeral ports (EADDRNOTAVAIL): every connection to one server \
-                 address needs its own local port, and net.ipv4.ip_local_port_range is \
-                 {lo}-{hi} ({} ports, fewer while closed ones sit in TIME_WAIT). Widen it: \
-                 sudo sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"; or open fewer \
-                 connections",
+                "out of ephemeral ports (EADDRNOTAVAIL): every connection from one source \
+                 address to one server address needs its own local port, and \
+                 net.ipv4.ip_local_port_range is {lo}-{hi} ({} ports, fewer while closed \
+                 ones toward the same server sit in TIME_WAIT). Widen it: sudo sysctl -w \
+                 net.ipv4.ip_local_port_range=\"1024 65535\"; spread the connections over \
+                 more source addresses; or open fewer connections",
                 hi.saturating_sub(lo) + 1
             ))
         }

@@ -1,6 +1,8 @@
-//! Readers of `/proc`: a process's RSS, CPU time, file limit and open files, and the
-//! kernel's ephemeral port range.
+//! Readers of `/proc`: a process's RSS, CPU time, file limit and open files; the
+//! kernel's ephemeral port range, TCP sockets and memory, and a sysctl's value.
 
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB; `pid` may be "self".
@@ -55,4 +57,86 @@ pub fn port_range() -> Option<(u32, u32)> {
     let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut it = s.split_whitespace().map(|v| v.parse().ok());
     Some((it.next()??, it.next()??))
+}
+
+/// The first number of a sysctl under `/proc/sys` (`"net/ipv4/tcp_tw_reuse"`).
+pub fn sysctl(name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// All the numbers of a sysctl under `/proc/sys` (`"net/ipv4/tcp_mem"`).
+pub fn sysctl_all(name: &str) -> Option<Vec<u64>> {
+    let s = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+    s.split_whitespace().map(|v| v.parse().ok()).collect()
+}
+
+/// A `kB` field of `/proc/meminfo` (`MemAvailable`, `Slab`), in KiB.
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The `TCP:` line of `/proc/net/sockstat`: sockets in use, orphaned, in TIME_WAIT,
+/// allocated, and the pages their buffers hold (`mem`, counted against
+/// `net.ipv4.tcp_mem`). For this process's network namespace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpStat {
+    pub inuse: u64,
+    pub orphan: u64,
+    pub tw: u64,
+    pub alloc: u64,
+    pub mem_pages: u64,
+}
+
+/// Reads [`TcpStat`] from `/proc/net/sockstat`.
+pub fn tcp_sockstat() -> Option<TcpStat> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let i = words.iter().position(|w| *w == name)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    Some(TcpStat {
+        inuse: field("inuse")?,
+        orphan: field("orphan")?,
+        tw: field("tw")?,
+        alloc: field("alloc")?,
+        mem_pages: field("mem")?,
+    })
+}
+
+/// TIME_WAIT sockets toward `dst` (IPv4), by their local address, from
+/// `/proc/net/tcp`. The file has a line per socket: read it only when the count matters.
+pub fn time_wait_toward(dst: SocketAddr) -> Option<HashMap<Ipv4Addr, u64>> {
+    let SocketAddr::V4(dst) = dst else {
+        return Some(HashMap::new());
+    };
+    let s = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // "  12: 0100007F:8AE2 0100007F:1F90 06 ...": the address as the kernel's native
+    // u32 in hex, the port in hex; state 06 is TIME_WAIT.
+    let parse = |field: &str| -> Option<(Ipv4Addr, u16)> {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        Some((
+            Ipv4Addr::from(ip.to_ne_bytes()),
+            u16::from_str_radix(port, 16).ok()?,
+        ))
+    };
+    let mut by_source = HashMap::new();
+    for line in s.lines().skip(1) {
+        let mut f = line.split_whitespace().skip(1);
+        let (Some(local), Some(remote), Some("06")) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if parse(remote) == Some((*dst.ip(), dst.port()))
+            && let Some((src, _)) = parse(local)
+        {
+            *by_source.entry(src).or_insert(0) += 1;
+        }
+    }
+    Some(by_source)
 }
