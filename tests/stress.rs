@@ -360,9 +360,9 @@ fn stress_example_runs_again_while_the_last_runs_sockets_sit_in_time_wait() {
 }
 
 #[test]
-fn stress_example_names_the_file_limit() {
-    // With `ulimit -n 300` the run splits the servers by itself, but one client process
-    // forced to hold 400 sockets runs out of file slots: the run must say which limit.
+fn stress_example_refuses_a_run_the_file_limit_cannot_hold() {
+    // With `ulimit -n 300` one client process forced to hold 400 sockets cannot: the run
+    // must say which limit before it starts anything.
     let exe = common::example("stress");
     let script = format!(
         "ulimit -n 300 && exec {} --connections 400 --messages 1 --client-processes 1 \
@@ -376,8 +376,84 @@ fn stress_example_names_the_file_limit() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success());
     assert!(stdout.contains("soft 300 / hard 300"), "{stdout}");
+    let first = first_lines(&stderr, 3);
     assert!(
-        stderr.contains("out of file slots (EMFILE)") && stderr.contains("ulimit -n"),
+        first.contains("cannot succeed")
+            && first.contains("the file limit: 400 client sockets")
+            && first.contains("RLIMIT_NOFILE (soft 300 / hard 300)")
+            && first.contains("ulimit -n"),
         "{stderr}"
     );
+    assert!(!stdout.contains("\nrun: "), "nothing started:\n{stdout}");
+}
+
+#[test]
+fn stress_example_splits_itself_under_a_low_file_limit() {
+    // The same 400 connections under `ulimit -n 300`, split by the run itself: it passes.
+    let exe = common::example("stress");
+    let script = format!(
+        "ulimit -n 300 && exec {} --connections 400 --messages 1 --timeout 60",
+        exe.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("-> 3 server processes"), "{stdout}");
+    assert!(stdout.contains("-> 2 client processes"), "{stdout}");
+}
+
+#[test]
+fn stress_example_refuses_more_connections_than_memory_holds() {
+    // A hundred million connections fit neither memory nor the file table: the run says
+    // so at once, naming memory, and starts nothing.
+    let t = Instant::now();
+    let out = run_example(
+        "stress",
+        &["--connections", "100000000", "--messages", "1"],
+        Duration::from_secs(30),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success());
+    let first = first_lines(&stderr, 3);
+    assert!(
+        first.contains("cannot succeed") && first.contains("memory: 100,000,000 connections"),
+        "{stderr}"
+    );
+    assert!(first.contains("MemAvailable"), "{stderr}");
+    assert!(stdout.contains("failed_phase=plan"), "{stdout}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "refused before starting"
+    );
+}
+
+#[test]
+fn stress_example_says_the_deadline_will_pass_before_it_does() {
+    // 200 connections x 100 million messages cannot finish in 4 s: halfway to the
+    // deadline the run says that the deadline limits it, then fails at the deadline.
+    let out = run_example(
+        "stress",
+        &[
+            "--connections",
+            "200",
+            "--messages",
+            "100000000",
+            "--timeout",
+            "4",
+        ],
+        Duration::from_secs(60),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    let warned = stderr
+        .find("the deadline limits this run")
+        .unwrap_or_else(|| panic!("no deadline warning:\n{stderr}"));
+    let failed = stderr
+        .find("FAILED in phase exchange: the run's deadline (4 s, --timeout) passed")
+        .unwrap_or_else(|| panic!("no deadline failure:\n{stderr}"));
+    assert!(warned < failed, "{stderr}");
+    assert!(stderr.contains("--timeout 4 s"), "{stderr}");
 }

@@ -107,6 +107,7 @@ pub fn run(o: &Opts) -> ExitCode {
         started: Instant::now(),
     });
     let counters = Arc::new(ClientCounters::default());
+    let rss_base = load::status_kib("self", "VmRSS").unwrap_or(0);
     let threads = o.client_threads.clamp(1, o.count.max(1));
     let (signals_tx, signals_rx) = mpsc::channel::<Signals>();
     let (hist_tx, hist_rx) = mpsc::channel::<Histogram>();
@@ -176,8 +177,9 @@ pub fn run(o: &Opts) -> ExitCode {
         }
     }
     say!(
-        "FINAL cpu_ms={} hist={}",
+        "FINAL cpu_ms={} rss_base_kib={rss_base} hwm_kib={} hist={}",
         load::cpu_time("self").unwrap_or_default().as_millis(),
+        load::status_kib("self", "VmHWM").unwrap_or(0),
         hist.encode()
     );
     ExitCode::SUCCESS

@@ -53,6 +53,7 @@ mod peers;
 
 mod children;
 mod client;
+mod limits;
 mod options;
 mod plot;
 mod ports;

@@ -14,7 +14,7 @@ use crate::options::{Opts, resolve};
 const PORT_FILL: f64 = 0.25;
 
 /// Above this share of the range the search gets long enough to slow the connects.
-const PORT_CROWDED: f64 = 0.5;
+pub const PORT_CROWDED: f64 = 0.5;
 
 /// A `connect` system call slower than this on average means the kernel's port search
 /// is what the connect phase waits on (a loopback connect takes ~10-30 us).

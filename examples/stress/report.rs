@@ -225,6 +225,38 @@ impl Run {
                 format!("{rss_per_conn:.1} KiB")
             },
         ));
+        let client_grown: u64 = self
+            .clients()
+            .map(|p| fin_num(p, "hwm_kib").saturating_sub(fin_num(p, "rss_base_kib")))
+            .sum();
+        let client_rss_per_conn = client_grown as f64 / n as f64;
+        rows.push((
+            "client RSS per connection (peak - at start)".into(),
+            format!("{client_rss_per_conn:.1} KiB"),
+        ));
+        let (slab, buffers, whole) =
+            self.watch
+                .per_connection(n as u64)
+                .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        let kernel_per_conn = slab + buffers;
+        rows.push((
+            "kernel memory per connection (both sockets; peak - before connecting)".into(),
+            format!(
+                "{kernel_per_conn:.1} KiB: {slab:.1} KiB slab (sockets, files, epoll; \
+                 /proc/meminfo Slab) + {buffers:.1} KiB socket buffers (/proc/net/sockstat \
+                 TCP mem)"
+            ),
+        ));
+        rows.push((
+            "machine memory per connection (MemAvailable: before - least)".into(),
+            format!(
+                "{whole:.1} KiB{}",
+                match self.watch.estimate_kib {
+                    Some(e) => format!(" (estimated at 10% of the connections: {e:.1} KiB)"),
+                    None => String::new(),
+                }
+            ),
+        ));
         rows.push((
             "CPU time (user + system) servers / clients".into(),
             format!(
@@ -249,6 +281,9 @@ impl Run {
             "RESULT ok={} connections={} held={} errors={errors} msgs={msgs} bytes={bytes} \
              msgs_per_s={:.0} p50_us={:.0} p99_us={:.0} max_us={:.0} connect_s={:.3} \
              connect_call_us={connect_call_us:.1} exchange_s={:.3} server_rss_kib={server_rss} rss_per_conn_kib={:.2} \
+             client_rss_per_conn_kib={client_rss_per_conn:.2} \
+             kernel_mem_per_conn_kib={kernel_per_conn:.2} slab_per_conn_kib={slab:.2} \
+             tcp_buf_per_conn_kib={buffers:.2} mem_per_conn_kib={whole:.2} \
              server_cpu_s={:.3} client_cpu_s={:.3} wall_s={:.3}",
             u8::from(ok),
             n,

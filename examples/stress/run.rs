@@ -243,6 +243,7 @@ impl Run {
 
     pub fn set_phase(&mut self, phase: Phase, len: u64) {
         self.phase = phase;
+        self.watch.phase_started = Some(Instant::now());
         if !matches!(phase, Phase::Barrier | Phase::Start) {
             self.progress.phase(phase.name(), len);
         }
@@ -333,6 +334,7 @@ impl Run {
         );
 
         // ---- connect ----
+        self.watch.start();
         self.set_phase(Phase::Connect, n as u64);
         let t_connect = Instant::now();
         let cp = self.plan.client_procs;

@@ -4,6 +4,7 @@
 //! sockets do not fit one process, the servers run as several processes sharing one port
 //! with `SO_REUSEPORT`, and the clients are split the same way.
 
+use crate::limits::Machine;
 use crate::load::{self, thousands};
 use crate::options::Opts;
 use crate::ports::{self, Ports};
@@ -18,6 +19,8 @@ pub struct Plan {
     pub client_procs: usize,
     /// The clients' source addresses and the port budget.
     pub ports: Ports,
+    /// Memory and the file table, before the run.
+    pub machine: Machine,
 }
 
 /// The split `o` asks for under this process's file limit.
@@ -34,6 +37,9 @@ pub fn plan(o: &Opts) -> Plan {
     let hubs_guess = o.server_threads.unwrap_or(cores) as u64;
     let server_procs = o.server_processes.unwrap_or_else(|| {
         if n + hubs_guess <= budget {
+            1
+        } else if budget <= hubs_guess + 1 {
+            // No room for sockets at all: the check refuses the run.
             1
         } else {
             // The kernel's SO_REUSEPORT hash spreads connections binomially: leave 5
@@ -61,21 +67,11 @@ pub fn plan(o: &Opts) -> Plan {
         server_hubs,
         client_procs,
         ports: ports::plan(o),
+        machine: Machine::read(),
     }
 }
 
 impl Plan {
-    /// Fails, before anything starts, when the run cannot succeed under this split.
-    ///
-    /// # Errors
-    /// The limit that stops it, in words, with how to raise it.
-    pub fn check(&self, o: &Opts) -> Result<(), String> {
-        if o.serve.is_none() {
-            self.ports.check(o.connections as u64, None)?;
-        }
-        Ok(())
-    }
-
     /// Prints the file limit and the split it makes (the servers' part when `servers`).
     pub fn explain(&self, o: &Opts, servers: bool) {
         let p = self;
@@ -120,6 +116,7 @@ impl Plan {
             );
             p.ports.explain(n);
         }
+        self.explain_machine(o);
     }
 }
 
