@@ -265,6 +265,15 @@ impl Run {
                 client_cpu.as_secs_f64()
             ),
         ));
+        let met = self.watch.met();
+        rows.push((
+            "limits met while running".into(),
+            if met.is_empty() {
+                "none".to_string()
+            } else {
+                met.join("; ")
+            },
+        ));
         let wall = self.started.elapsed();
         rows.push(("wall time".into(), format!("{:.2} s", wall.as_secs_f64())));
 

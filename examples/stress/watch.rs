@@ -76,6 +76,8 @@ pub struct Watch {
     pub tcp_pressure: bool,
     /// The phase whose pace was said to miss the deadline.
     pub late: Option<Phase>,
+    /// The memory estimate came within `MEM_STOP` of what was available.
+    pub mem_tight: bool,
     /// When the current phase began.
     pub phase_started: Option<Instant>,
 }
@@ -100,6 +102,26 @@ impl Watch {
             (self.peak_tcp_pages.saturating_sub(b.tcp_pages) * PAGE_KIB) as f64 / n,
             b.available_kib.saturating_sub(self.least_available_kib) as f64 / n,
         ))
+    }
+}
+
+impl Watch {
+    /// The limits the run met, in a few words each.
+    pub fn met(&self) -> Vec<String> {
+        let mut met = Vec::new();
+        if let Some(us) = self.port_search_us {
+            met.push(format!("the ephemeral port range (connect() {us} us)"));
+        }
+        if self.mem_tight {
+            met.push("memory (the estimate came near MemAvailable)".to_string());
+        }
+        if self.tcp_pressure {
+            met.push("kernel TCP memory (past net.ipv4.tcp_mem's pressure mark)".to_string());
+        }
+        if let Some(p) = self.late {
+            met.push(format!("the deadline (the {} phase's pace)", p.name()));
+        }
+        met
     }
 }
 
@@ -232,6 +254,7 @@ impl Run {
             )));
         }
         if need > have * MEM_WARN {
+            self.watch.mem_tight = true;
             self.progress
                 .println(&format!("stress: {words}: memory limits this run (tight)."));
         } else {
