@@ -24,6 +24,7 @@ impl Run {
     pub fn summary(&self, t: &Phases) -> bool {
         let Phases {
             connect_time,
+            connect_load,
             exchange_time,
             close_time,
             go_at,
@@ -196,11 +197,18 @@ impl Run {
                 thousands(n as u64)
             ),
             format!(
-                "{:.2} s (connect() calls {connect_call_us:.0} us each{})",
+                "{:.2} s (connect() calls {connect_call_us:.0} us each{}{})",
                 connect_time.as_secs_f64(),
                 match self.watch.port_search_us {
                     Some(_) => ": the port search limited it",
                     None => "",
+                },
+                match connect_load {
+                    Some(l) => format!(
+                        "; load average {l:.1} on {} cores",
+                        std::thread::available_parallelism().map_or(1, |c| c.get())
+                    ),
+                    None => String::new(),
                 }
             ),
         ));
@@ -289,8 +297,8 @@ impl Run {
         println!(
             "RESULT ok={} connections={} held={} errors={errors} msgs={msgs} bytes={bytes} \
              msgs_per_s={:.0} p50_us={:.0} p99_us={:.0} max_us={:.0} connect_s={:.3} \
-             connect_call_us={connect_call_us:.1} exchange_s={:.3} server_rss_kib={server_rss} rss_per_conn_kib={:.2} \
-             client_rss_per_conn_kib={client_rss_per_conn:.2} \
+             connect_call_us={connect_call_us:.1} load_avg={:.1} exchange_s={:.3} \
+             server_rss_kib={server_rss} rss_per_conn_kib={:.2} client_rss_per_conn_kib={client_rss_per_conn:.2} \
              kernel_mem_per_conn_kib={kernel_per_conn:.2} slab_per_conn_kib={slab:.2} \
              tcp_buf_per_conn_kib={buffers:.2} mem_per_conn_kib={whole:.2} \
              server_cpu_s={:.3} client_cpu_s={:.3} wall_s={:.3}",
@@ -302,6 +310,7 @@ impl Run {
             hist.quantile(0.99).as_secs_f64() * 1e6,
             hist.quantile(1.0).as_secs_f64() * 1e6,
             connect_time.as_secs_f64(),
+            connect_load.unwrap_or(f64::NAN),
             exchange_time.as_secs_f64(),
             rss_per_conn,
             server_cpu.as_secs_f64(),

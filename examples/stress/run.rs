@@ -50,6 +50,8 @@ pub struct Failure(pub String);
 #[derive(Clone, Copy)]
 pub struct Phases {
     pub connect_time: Duration,
+    /// The machine's 1-minute load average when the connect phase ended.
+    pub connect_load: Option<f64>,
     pub exchange_time: Duration,
     pub close_time: Duration,
     /// Seconds since the start, for the plot's marks.
@@ -410,6 +412,7 @@ impl Run {
             )?;
         }
         let connect_time = t_connect.elapsed();
+        let connect_load = load::load_average();
         self.sample();
 
         // ---- exchange ----
@@ -469,6 +472,7 @@ impl Run {
 
         Ok(Phases {
             connect_time,
+            connect_load,
             exchange_time,
             close_time,
             go_at,

@@ -35,7 +35,7 @@ pub use fmt::{fmt_dur, thousands};
 pub use histogram::Histogram;
 pub use limits::{FD_RESERVE, describe, limit_hint};
 pub use procfs::{
-    TcpStat, count_fds, cpu_time, meminfo_kib, nofile_limits, port_range, status_kib, sysctl,
-    sysctl_all, tcp_sockstat, time_wait_toward,
+    TcpStat, count_fds, cpu_time, load_average, meminfo_kib, nofile_limits, port_range, status_kib,
+    sysctl, sysctl_all, tcp_sockstat, time_wait_toward,
 };
 pub use rng::Rng;

@@ -140,3 +140,9 @@ pub fn time_wait_toward(dst: SocketAddr) -> Option<HashMap<Ipv4Addr, u64>> {
     }
     Some(by_source)
 }
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
