@@ -18,6 +18,7 @@ use greenhub::Semaphore;
 use greenhub::hub::{ResultSender, result_channel};
 use greenhub::net::TcpStream;
 use greenhub::sync::Event;
+use greenhub::sync::SemaphoreGuard;
 
 use crate::load::{self, Checksum, Histogram, Rng, describe};
 use crate::options::{Opts, resolve};
@@ -206,13 +207,17 @@ fn client_hub(
             event.set();
         });
     }
-    let permits = Rc::new(Semaphore::new(load::CONNECTS_IN_FLIGHT));
+    // A connection's greenlet starts when a connect slot frees, so that the process
+    // grows with the connections made (what the orchestrator's memory estimate sees),
+    // not by all its greenlets at once.
+    let permits = Semaphore::new(load::CONNECTS_IN_FLIGHT);
     let hist = Rc::new(RefCell::new(Histogram::new()));
     let tasks: Vec<_> = ids
         .map(|id| {
+            let permit = permits.acquire().ok();
             let (p, c) = (p.clone(), c.clone());
-            let (permits, hist, events) = (permits.clone(), hist.clone(), events.clone());
-            greenhub::spawn(move || connection(id, &p, &c, &permits, &hist, &events))
+            let (hist, events) = (hist.clone(), events.clone());
+            greenhub::spawn(move || connection(id, &p, &c, permit, &hist, &events))
         })
         .collect();
     for t in tasks {
@@ -226,12 +231,12 @@ fn connection(
     id: usize,
     p: &ClientParams,
     c: &ClientCounters,
-    permits: &Semaphore,
+    permit: Option<SemaphoreGuard>,
     hist: &RefCell<Histogram>,
     events: &[Event; 2],
 ) {
     let conn = {
-        let _permit = permits.acquire();
+        let _permit = permit;
         let src = load::spread_source(id, p.sources, p.addr);
         load::connect_from(src, p.addr, p.io_timeout)
     };
