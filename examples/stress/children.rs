@@ -146,12 +146,15 @@ impl Run {
             .sum()
     }
 
+    /// Kills every child still running, all before waiting for any: a process with
+    /// thousands of sockets takes a while to exit, and the others must stop connecting
+    /// meanwhile (a run stopped for memory would otherwise keep growing).
     pub fn kill_all(&mut self) {
-        for p in &mut self.procs {
-            if p.status.is_none() {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
+        for p in self.procs.iter_mut().filter(|p| p.status.is_none()) {
+            let _ = p.child.kill();
+        }
+        for p in self.procs.iter_mut().filter(|p| p.status.is_none()) {
+            let _ = p.child.wait();
         }
     }
 
