@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example stress                       # 20,000 connections x 10 messages
 //! cargo run --release --example stress -- --connections 20000 --messages 2
+//! cargo run --release --example stress -- --connections 200000  # 22 processes, ~1 min
 //! cargo run --release --example stress -- --connect 127.0.0.1:9000 --server-pid PID
 //! cargo run --release --example stress -- --serve 127.0.0.1:9000
 //! cargo run --release --example stress -- --help
@@ -40,11 +41,18 @@
 //! `<target>/stress.svg`; the exit status is non-zero on any failed, lost or corrupted
 //! message.
 //!
-//! The parts: `options` (the command line), `split` (how many processes), `server` and
-//! `client` (the two child roles), `protocol` (the lines between them and this
-//! orchestrator), `run` (the phases) and `children` (the processes it watches),
-//! `progress` and `plot` (what it shows while and after it runs), `report` (the summary
-//! and the `RESULT` line).
+//! What limits a run is said as soon as it is known: before it starts, the file limit,
+//! the system's file table, the port budget and memory (a run that cannot succeed is
+//! refused there); while it runs, the kernel's port search, memory (an estimate from the
+//! first 10% of the connections against `MemAvailable`: a run that would not fit stops),
+//! `net.ipv4.tcp_mem` and the deadline.
+//!
+//! The parts: `options` (the command line), `split` (how many processes), `ports` (the
+//! source addresses and the port budget), `limits` (what refuses a run before it starts),
+//! `server` and `client` (the two child roles), `protocol` (the lines between them and
+//! this orchestrator), `run` (the phases), `children` (the processes it watches) and
+//! `watch` (the limits it meets while it runs), `progress` and `plot` (what it shows while
+//! and after it runs), `report` (the summary and the `RESULT` line).
 
 #[path = "../support/load.rs"]
 mod load;
@@ -83,7 +91,8 @@ fn main() -> ExitCode {
         Some(Role::Client) => return client::run(&o),
         None => {}
     }
-    // Plan the split by the file limit, and say it.
+    // Plan the split (the file limit) and the sources (the port range), say them, and
+    // refuse a run that cannot succeed.
     let plan = split::plan(&o);
     plan.explain(&o, o.connect.is_none());
     if let Err(why) = plan.check(&o) {
