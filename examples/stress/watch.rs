@@ -29,7 +29,7 @@ const MEM_WARN: f64 = 0.7;
 
 /// It stops when `MemAvailable` falls under this share of `MemTotal`, whatever the
 /// estimate said.
-const MEM_FLOOR: f64 = 0.03;
+const MEM_FLOOR: f64 = 0.05;
 
 /// Bytes a page of `/proc/net/sockstat`'s `mem` holds.
 const PAGE_KIB: u64 = 4;
