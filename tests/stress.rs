@@ -1,6 +1,9 @@
 //! Scale: the multi-hub server (`StreamServer::threads`) and small runs of
-//! `examples/stress/` — a split run that passes, a client that dies mid-run, a bad flag.
-//! The 20,000-connection run itself is an example that `.ci/run` runs bounded.
+//! `examples/stress/` — a split run that passes, a client that dies mid-run, a bad flag,
+//! and a run forced into each limit it names (the file limit, the ephemeral port range in
+//! a network namespace of its own, memory, the deadline), each small and quick. The
+//! 20,000-connection run itself is an example that `.ci/run` runs bounded; the big runs
+//! are for README.
 //!
 //! The example tests run target/<profile>/examples/stress: `cargo test` builds it; with
 //! `cargo test --test stress` build it first (`cargo build --release --examples`).
