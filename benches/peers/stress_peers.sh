@@ -4,7 +4,7 @@
 #   bash benches/peers/stress_peers.sh            # N=19000 connections, 10 messages each
 #   N=10000 MESSAGES=4 ROUNDS=1 bash benches/peers/stress_peers.sh
 #
-# Each server is one process, driven by `examples/stress.rs --connect ADDR --server-pid PID`
+# Each server is one process, driven by `examples/stress --connect ADDR --server-pid PID`
 # (the same client code as the stress run: all connections open at once behind a barrier,
 # random-size messages verified byte for byte). The servers:
 #   greenhub, 1 hub        examples/peer_echo.rs greenhub          (StreamServer)
@@ -16,7 +16,7 @@
 #   gevent StreamServer    Python, in a throwaway venv under the target dir (pip install
 #                          gevent; if pip fails, that row is skipped and says so)
 # plus the greenhub run at 20,000 connections, split over processes as the file limit
-# requires (examples/stress.rs with its own servers).
+# requires (examples/stress/ with its own servers).
 #
 # Why N=19,000 for the one-process rows: a process may hold `ulimit -Hn` files (20,000
 # on these machines) and a server needs a few for itself (listener, epoll, stdio, and the

@@ -1,5 +1,5 @@
 //! The echo servers that the stress run and the echo benchmark compare (shared with
-//! `#[path]` by `examples/stress.rs`, `examples/peer_echo.rs` and `benches/echo.rs`).
+//! `#[path]` by `examples/stress/`, `examples/peer_echo.rs` and `benches/echo.rs`).
 //! Each is the plain, idiomatic form for its runtime: read up to 4 KiB, write it back,
 //! until the peer closes; no server sets `TCP_NODELAY`.
 
