@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use greenhub::net::TcpStream;
@@ -94,23 +93,8 @@ pub fn connect_from(
     Ok((TcpStream::from_std(sock.into())?, syscall))
 }
 
-/// Sets `IP_BIND_ADDRESS_NO_PORT` on `sock` (socket2 has no setter for it).
+/// Sets `IP_BIND_ADDRESS_NO_PORT` on `sock` (socket2 has no setter for it; nix does).
 fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: `sock` owns the descriptor for the whole call; the option value points to
-    // a live `c_int` and the length passed is exactly its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const one).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+        .map_err(io::Error::from)
 }
