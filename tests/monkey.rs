@@ -203,6 +203,28 @@ fn a_socket_the_user_made_non_blocking_gets_would_block() {
 }
 
 #[test]
+fn msg_dontwait_on_a_blocking_socket_does_not_wait() {
+    patched();
+    let (client, _server) = pair();
+    spawn(move || {
+        let fd = client.as_raw_fd();
+        let mut buf = [0u8; 4];
+        let t = Instant::now();
+        // SAFETY: receives into our buffer.
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 4, libc::MSG_DONTWAIT) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN)
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(!user_nonblocking(fd));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
 fn so_rcvtimeo_gives_would_block_after_the_timeout_while_others_run() {
     patched();
     let (client, _server) = pair();
@@ -873,4 +895,112 @@ fn a_std_stream_used_under_the_hooks_converts_to_a_greenhub_net_stream() {
     .join()
     .unwrap();
     peer.join().unwrap();
+}
+
+/// The inodes of the files registered under descriptor number `fd` in this process's
+/// `epoll` instances (from `/proc/self/fdinfo`).
+fn epoll_registrations(fd: RawFd) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_epoll = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().contains("eventpoll"));
+        let info = format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = std::fs::read_to_string(info)
+            .map_err(drop)
+            .and_then(|i| if is_epoll { Ok(i) } else { Err(()) })
+        else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+            let field = |name: &str| {
+                let at = line.find(name)? + name.len();
+                line[at..].split_whitespace().next().map(str::to_string)
+            };
+            let tfd: Option<RawFd> = field("tfd:").and_then(|v| v.parse().ok());
+            let ino = field("ino:").and_then(|v| u64::from_str_radix(&v, 16).ok());
+            if let (Some(t), Some(ino)) = (tfd, ino)
+                && t == fd
+            {
+                inodes.push(ino);
+            }
+        }
+    }
+    inodes
+}
+
+/// The inode of the file `fd` names.
+fn inode(fd: RawFd) -> u64 {
+    // SAFETY: fstat writes into the struct we pass.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::fstat(fd, &mut st), 0);
+        st.st_ino
+    }
+}
+
+/// Makes `client` wait once on the hub (so that its descriptor gets registered).
+fn wait_once(client: &TcpStream, server: &Rc<TcpStream>) {
+    let s = server.clone();
+    let writer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(20));
+        (&*s).write_all(b"a").unwrap();
+    });
+    (&*client).read_exact(&mut [0; 1]).unwrap();
+    writer.join().unwrap();
+}
+
+#[test]
+fn closing_a_registered_socket_deregisters_it_while_its_file_stays_open() {
+    patched();
+    let (client, server) = pair();
+    spawn(move || {
+        wait_once(&client, &Rc::new(server));
+        let (fd, file) = (client.as_raw_fd(), inode(client.as_raw_fd()));
+        assert!(
+            epoll_registrations(fd).contains(&file),
+            "registered with the hub"
+        );
+        // epoll keys a registration by (fd, open file), and `keep` keeps the file open:
+        // unless close deregisters the fd first, the registration outlives it.
+        let keep = client.try_clone().unwrap();
+        drop(client);
+        assert!(
+            !epoll_registrations(fd).contains(&file),
+            "left behind by close"
+        );
+        drop(keep);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn dup2_over_a_registered_socket_deregisters_it_first() {
+    patched();
+    let (client, server) = pair();
+    spawn(move || {
+        let server = Rc::new(server);
+        wait_once(&client, &server);
+        let (fd, file) = (client.as_raw_fd(), inode(client.as_raw_fd()));
+        assert!(
+            epoll_registrations(fd).contains(&file),
+            "registered with the hub"
+        );
+        let keep = client.try_clone().unwrap();
+        let (other, _other_peer) = pair();
+        // SAFETY: points `client`'s descriptor at another socket.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), fd) }, fd);
+        assert!(
+            !epoll_registrations(fd).contains(&file),
+            "left behind by dup2"
+        );
+        // SAFETY: and back at its own socket, still open through `keep`.
+        assert_eq!(unsafe { libc::dup2(keep.as_raw_fd(), fd) }, fd);
+        let ticker = Ticker::start();
+        wait_once(&client, &server);
+        let ticks = ticker.stop();
+        assert!(ticks >= 1, "the read waited on the hub again");
+    })
+    .join()
+    .unwrap();
 }

@@ -170,11 +170,32 @@ impl Hub {
     /// hooks' waits; returns its token. One registration per descriptor, kept until
     /// [`deregister_raw`](Hub::deregister_raw).
     ///
+    /// A registration this `epoll` already has for the same descriptor and file (left by
+    /// a close the hooks did not see, the file being open elsewhere) is taken over.
+    ///
     /// # Errors
-    /// `epoll_ctl`'s (`EPERM` for a regular file, `EEXIST` if already registered here).
+    /// `epoll_ctl`'s (`EPERM` for a regular file).
     pub(crate) fn register_raw(&self, fd: RawFd) -> io::Result<usize> {
         self.list_for_hooks()?;
-        self.register_io_fd(&mut SourceFd(&fd), fd)
+        match self.register_io_fd(&mut SourceFd(&fd), fd) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let mut slot = super::io::Slot::default();
+                slot.fd = fd;
+                let token = self.io.slots.borrow_mut().insert(slot);
+                let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+                let taken = self.poll.borrow().registry().reregister(
+                    &mut SourceFd(&fd),
+                    mio::Token(token),
+                    interest,
+                );
+                if let Err(e) = taken {
+                    self.io.slots.borrow_mut().remove(token);
+                    return Err(e);
+                }
+                Ok(token)
+            }
+            r => r,
+        }
     }
 
     /// Deregisters `fd` (still open) and wakes its waiters; `false` if the hub is busy
