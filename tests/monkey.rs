@@ -1004,3 +1004,188 @@ fn dup2_over_a_registered_socket_deregisters_it_first() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn splice_from_a_socket_waits_on_the_hub() {
+    patched();
+    let (client, server) = pair();
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    assert_eq!(
+        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    let ticker = Ticker::start();
+    let writer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(100));
+        (&server).write_all(b"spliced").unwrap();
+        server
+    });
+    let moved = spawn(move || {
+        // SAFETY: moves up to 64 bytes from the socket into the pipe's write end.
+        unsafe {
+            libc::splice(
+                client.as_raw_fd(),
+                std::ptr::null_mut(),
+                pipe[1],
+                std::ptr::null_mut(),
+                64,
+                0,
+            )
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(moved, 7);
+    writer.join().unwrap();
+    assert!(ticker.stop() >= 5, "the splice blocked the hub");
+    let mut buf = [0u8; 7];
+    // SAFETY: reads the pipe into our buffer, then closes both ends.
+    unsafe {
+        assert_eq!(libc::read(pipe[0], buf.as_mut_ptr().cast(), 7), 7);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    assert_eq!(&buf, b"spliced");
+}
+
+#[test]
+fn poll_and_select_wait_on_the_hub_and_report_as_the_kernel() {
+    patched();
+    let (client, server) = pair();
+    let ticker = Ticker::start();
+    let writer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(100));
+        (&server).write_all(b"x").unwrap();
+        greenhub::sleep(Duration::from_millis(100));
+        (&server).write_all(b"y").unwrap();
+        server
+    });
+    let fd = client.as_raw_fd();
+    spawn(move || {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd on our stack.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1);
+        assert_eq!(p.revents, libc::POLLIN);
+        (&client).read_exact(&mut [0; 1]).unwrap();
+        // A poll that times out returns 0, after its timeout.
+        let t = Instant::now();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 30) }, 0);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // select, with the time left written back.
+        // SAFETY: fd_set manipulation on sets we own; `fd` < FD_SETSIZE.
+        unsafe {
+            let mut set: libc::fd_set = std::mem::zeroed();
+            libc::FD_ZERO(&mut set);
+            libc::FD_SET(fd, &mut set);
+            let mut tv = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            let n = libc::select(
+                fd + 1,
+                &mut set,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut tv,
+            );
+            assert_eq!(n, 1);
+            assert!(libc::FD_ISSET(fd, &set));
+            assert!(tv.tv_sec < 5 && tv.tv_sec >= 3, "time left: {}s", tv.tv_sec);
+        }
+        (&client).read_exact(&mut [0; 1]).unwrap();
+    })
+    .join()
+    .unwrap();
+    writer.join().unwrap();
+    assert!(ticker.stop() >= 10, "poll or select blocked the hub");
+}
+
+/// A listener whose accept queue is full: a further connect gets no answer (its SYN is
+/// dropped) until it gives up. Returns the listener's descriptor and address; the one
+/// connection that fills the queue is returned too, to keep it open.
+fn full_listener() -> (RawFd, SocketAddr, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let fd = l.into_raw_fd();
+    // SAFETY: shrinks the listener's backlog to nothing.
+    assert_eq!(unsafe { libc::listen(fd, 0) }, 0);
+    let filler = TcpStream::connect(addr).unwrap();
+    (fd, addr, filler)
+}
+
+/// A blocking connect to `addr` with SO_SNDTIMEO set: (result, errno, time taken).
+fn connect_with_send_timeout(addr: SocketAddr, timeout: Duration) -> (i32, Option<i32>, Duration) {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: a new socket, options and an address from structs on our stack; the
+    // socket is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: timeout.as_micros() as libc::suseconds_t,
+        };
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let t = Instant::now();
+        let r = libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let errno = io::Error::last_os_error().raw_os_error();
+        let took = t.elapsed();
+        libc::close(fd);
+        (r, if r == 0 { None } else { errno }, took)
+    }
+}
+
+#[test]
+fn a_connect_that_outlasts_so_sndtimeo_says_einprogress_as_linux_does() {
+    patched();
+    let (listener, addr, _filler) = full_listener();
+    let timeout = Duration::from_millis(200);
+    // What Linux itself answers (a plain thread: the real call).
+    let real = std::thread::spawn(move || connect_with_send_timeout(addr, timeout))
+        .join()
+        .unwrap();
+    assert_eq!((real.0, real.1), (-1, Some(libc::EINPROGRESS)), "{real:?}");
+    let ticker = Ticker::start();
+    let hooked = spawn(move || connect_with_send_timeout(addr, timeout))
+        .join()
+        .unwrap();
+    assert_eq!(
+        (hooked.0, hooked.1),
+        (-1, Some(libc::EINPROGRESS)),
+        "{hooked:?}"
+    );
+    assert!(
+        hooked.2 >= timeout && hooked.2 < Duration::from_secs(3),
+        "{hooked:?}"
+    );
+    assert!(ticker.stop() >= 5, "the connect blocked the hub");
+    // SAFETY: closes the listener we own.
+    unsafe { libc::close(listener) };
+}

@@ -34,9 +34,10 @@
 //!
 //! # Where a hook cooperates
 //!
-//! In a greenlet other than the hub, on a thread that has a hub (one greenhub call on
-//! the thread made it); from the thread's main greenlet it runs the hub until the call
-//! can go on, as [`greenhub::net`](crate::net) does. Everywhere else it behaves exactly
+//! In a greenlet other than the hub, on a thread that has a hub (the first greenhub call
+//! on a thread — `spawn`, `sleep`, … — makes it; a hook never does); from the thread's
+//! main greenlet it runs the hub until the call can go on, as
+//! [`greenhub::net`](crate::net) does. Everywhere else it behaves exactly
 //! like the real call: on plain threads (greenhub's thread pool and monitor among them),
 //! in the hub greenlet, in a signal handler, in a hook called from inside a hook, in a
 //! child after `fork`, and everywhere before `patch_all` — there a hook costs a load
@@ -74,6 +75,11 @@
 //!   `thread::sleep` treats any error but `EINTR` as a bug): a kill or timeout ends the
 //!   sleep early, as if it had slept, and lands at the next switch point.
 //!   `getaddrinfo` fails with `EAI_SYSTEM` and `errno` `ECANCELED`/`ETIMEDOUT`.
+//!   While the kill is pending (or the scope expired), every hooked call that would wait
+//!   fails the same way at once: code that retries a failed call in a loop without ever
+//!   reaching a switch point (`for s in listener.incoming() { if let Ok(s) = s { .. } }`)
+//!   spins instead of dying — give such a loop a way out (stop on the error, or call
+//!   [`greenhub::sleep`](crate::sleep)`(Duration::ZERO)` in it: the kill lands there).
 //! - **Close.** A descriptor closed while greenlets wait on it wakes them with `EBADF`.
 //!   Each descriptor has one registration with a hub's `epoll`, made the first time a
 //!   greenlet waits on it; `close`, `dup2` and `dup3` deregister it before the real call
