@@ -1011,10 +1011,8 @@ fn splice_from_a_socket_waits_on_the_hub() {
     let (client, server) = pair();
     let mut pipe = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
-    assert_eq!(
-        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
-        0
-    );
+    let r = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0);
     let ticker = Ticker::start();
     let writer = spawn(move || {
         greenhub::sleep(Duration::from_millis(100));
