@@ -1187,3 +1187,50 @@ fn a_connect_that_outlasts_so_sndtimeo_says_einprogress_as_linux_does() {
     // SAFETY: closes the listener we own.
     unsafe { libc::close(listener) };
 }
+
+unsafe extern "C" {
+    // What C code built with _FORTIFY_SOURCE calls for recv and poll.
+    fn __recv_chk(fd: i32, buf: *mut libc::c_void, len: usize, buflen: usize, flags: i32) -> isize;
+    fn __poll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: i32, fdslen: usize) -> i32;
+}
+
+#[test]
+fn the_fortified_variants_cooperate_too() {
+    patched();
+    let (client, server) = pair();
+    let ticker = Ticker::start();
+    let writer = spawn(move || {
+        for msg in [b"1", b"2"] {
+            greenhub::sleep(Duration::from_millis(100));
+            (&server).write_all(msg).unwrap();
+        }
+        server
+    });
+    let fd = client.as_raw_fd();
+    spawn(move || {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd on our stack, its true size given.
+        let n = unsafe { __poll_chk(&mut p, 1, 5000, size_of::<libc::pollfd>()) };
+        assert_eq!((n, p.revents), (1, libc::POLLIN));
+        let mut buf = [0u8; 4];
+        // SAFETY: receives into our buffer, its true size given.
+        assert_eq!(
+            unsafe { __recv_chk(fd, buf.as_mut_ptr().cast(), 4, 4, 0) },
+            1
+        );
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { __recv_chk(fd, buf.as_mut_ptr().cast(), 4, 4, 0) },
+            1
+        );
+        drop(client);
+    })
+    .join()
+    .unwrap();
+    writer.join().unwrap();
+    assert!(ticker.stop() >= 10, "a fortified call blocked the hub");
+}

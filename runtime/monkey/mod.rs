@@ -8,7 +8,7 @@
 //! or, in a greenlet, waits for the descriptor or the timer on the hub while the other
 //! greenlets run. Nothing happens until [`patch_all`] turns the hooks on.
 //!
-//! ```no_run
+//! ```
 //! use std::io::{Read, Write};
 //! use std::net::{TcpListener, TcpStream};
 //!
@@ -95,7 +95,8 @@
 //! `fcntl` (and `fcntl64`), `ioctl(FIONBIO)`, `setsockopt` (`SO_RCVTIMEO`/`SO_SNDTIMEO`:
 //! `getsockopt` needs no hook, the kernel keeps the user's values); `getaddrinfo` (run on
 //! greenhub's thread pool while the greenlet waits); `sigaction` and `signal` (to know
-//! when a signal handler runs).
+//! when a signal handler runs); and the `_FORTIFY_SOURCE` variants `__read_chk`,
+//! `__recv_chk`, `__recvfrom_chk`, `__poll_chk`, `__ppoll_chk` that fortified C code calls.
 //!
 //! # What is not, and why
 //!
@@ -137,6 +138,7 @@ mod block;
 mod context;
 mod dns;
 mod fdtable;
+mod fortify;
 mod io;
 mod poll;
 mod real;
@@ -148,13 +150,13 @@ use std::sync::Once;
 
 /// Every hook, referenced from [`patch_all`] so that the linker keeps them all in a
 /// binary that calls nothing else of this module.
-struct Hooks(#[allow(dead_code)] [*const (); 40]);
+struct Hooks(#[allow(dead_code)] &'static [*const ()]);
 
 // SAFETY: function addresses, never written and never dereferenced as data.
 unsafe impl Sync for Hooks {}
 
 #[used]
-static HOOKS: Hooks = Hooks([
+static HOOKS: Hooks = Hooks(&[
     io::read as *const (),
     io::readv as *const (),
     io::write as *const (),
@@ -191,10 +193,13 @@ static HOOKS: Hooks = Hooks([
     dns::getaddrinfo as *const (),
     signal::sigaction as *const (),
     signal::signal as *const (),
+    fortify::__read_chk as *const (),
+    fortify::__recv_chk as *const (),
+    fortify::__recvfrom_chk as *const (),
+    fortify::__poll_chk as *const (),
+    fortify::__ppoll_chk as *const (),
     resolve_at_start as *const (),
     child_after_fork as *const (),
-    std::ptr::null(),
-    std::ptr::null(),
 ]);
 
 /// Resolves the real functions before `main` (and before std's own start-up calls).
