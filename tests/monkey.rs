@@ -1234,3 +1234,44 @@ fn the_fortified_variants_cooperate_too() {
     writer.join().unwrap();
     assert!(ticker.stop() >= 10, "a fortified call blocked the hub");
 }
+
+#[test]
+fn a_killed_greenlet_that_retries_a_hooked_call_does_not_spin() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (errors, accepted, stop) = (
+        Rc::new(Cell::new(0)),
+        Rc::new(Cell::new(0)),
+        Rc::new(Cell::new(false)),
+    );
+    let (e, a, s) = (errors.clone(), accepted.clone(), stop.clone());
+    // An accept loop that carries on after an error, as servers written for threads do
+    // (bounded: a spinning loop ends after 1,000 errors, and the test fails).
+    let server = spawn(move || {
+        while !s.get() && e.get() < 1000 {
+            match listener.accept() {
+                Ok(_) => a.set(a.get() + 1),
+                Err(_) => e.set(e.get() + 1),
+            }
+        }
+    });
+    greenhub::sleep(Duration::from_millis(20));
+    let ticker = Ticker::start();
+    assert!(matches!(
+        server.kill_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    assert_eq!(
+        errors.get(),
+        1,
+        "the kill failed one accept, then it blocked again"
+    );
+    let ticks = ticker.stop();
+    assert!(ticks >= 5, "the hub kept running ({ticks} ticks)");
+    // It still serves, and ends when told to.
+    stop.set(true);
+    drop(TcpStream::connect(addr).unwrap());
+    server.join_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(accepted.get(), 1);
+}

@@ -75,11 +75,12 @@
 //!   `thread::sleep` treats any error but `EINTR` as a bug): a kill or timeout ends the
 //!   sleep early, as if it had slept, and lands at the next switch point.
 //!   `getaddrinfo` fails with `EAI_SYSTEM` and `errno` `ECANCELED`/`ETIMEDOUT`.
-//!   While the kill is pending (or the scope expired), every hooked call that would wait
-//!   fails the same way at once: code that retries a failed call in a loop without ever
-//!   reaching a switch point (`for s in listener.incoming() { if let Ok(s) = s { .. } }`)
-//!   spins instead of dying — give such a loop a way out (stop on the error, or call
-//!   [`greenhub::sleep`](crate::sleep)`(Duration::ZERO)` in it: the kill lands there).
+//!   A kill fails one hooked call; until it lands, later hooked calls block as usual (code
+//!   that retries a failed call in a loop does not spin), so a greenlet that only ever
+//!   blocks in hooked calls — `loop { work(); std::thread::sleep(..) }` — is not killed:
+//!   give it a switch point ([`greenhub::sleep`](crate::sleep)`(Duration::ZERO)` in the
+//!   loop is one). An expired `Timeout` scope, as everywhere in greenhub, fails every
+//!   wait in it until the scope is dropped.
 //! - **Close.** A descriptor closed while greenlets wait on it wakes them with `EBADF`.
 //!   Each descriptor has one registration with a hub's `epoll`, made the first time a
 //!   greenlet waits on it; `close`, `dup2` and `dup3` deregister it before the real call
