@@ -40,9 +40,13 @@
 //! [`greenhub::net`](crate::net) does. Everywhere else it behaves exactly
 //! like the real call: on plain threads (greenhub's thread pool and monitor among them),
 //! in the hub greenlet, in a signal handler, in a hook called from inside a hook, in a
-//! child after `fork`, and everywhere before `patch_all` — there a hook costs a load
-//! and a branch, and allocates nothing, takes no lock and initialises nothing (std calls
-//! `poll` on descriptors 0-2 before `main`).
+//! child after `fork`, and everywhere before `patch_all`. Before `patch_all` a hook
+//! costs a load and a branch; after it, where it does not cooperate, a few loads (the
+//! mode, two thread-locals, the descriptor's entry). Neither allocates, takes a lock or
+//! initialises anything (std calls `poll` on descriptors 0-2 before `main`). The hooks
+//! that make or close descriptors (`socket`, `accept`, `dup*`, `close`) also keep the
+//! table right everywhere: an atomic update, and deregistering a descriptor that a hub
+//! had registered.
 //!
 //! # The semantics kept (libco's model)
 //!
