@@ -145,7 +145,7 @@ pub(crate) fn no_unwind<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Er
                  call, which fails instead: {msg}",
                 crate::greenlet::getcurrent().id()
             );
-            Err(Error::Panicked(payload))
+            Err(Error::Panicked(payload.into()))
         }
     }
 }
