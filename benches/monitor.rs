@@ -111,6 +111,16 @@ fn detection_latency(episodes: usize, threshold: Duration) -> (f64, f64) {
         })),
         ..Config::default()
     });
+    // The monitor reports only blocks that keep someone waiting: a greenlet whose 1 ms
+    // timer comes due while each hog runs.
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let ticking = stop.clone();
+    let ticker = spawn(move || {
+        while !ticking.get() {
+            greenhub::sleep(Duration::from_millis(1));
+        }
+    });
+    greenhub::sleep(Duration::ZERO);
     let mut lat = Vec::new();
     for _ in 0..episodes {
         let h = spawn(move || {
@@ -139,6 +149,8 @@ fn detection_latency(episodes: usize, threshold: Duration) -> (f64, f64) {
             greenhub::sleep(Duration::from_millis(1));
         }
     }
+    stop.set(true);
+    ticker.join().unwrap();
     monitor::configure(Config::default());
     lat.sort_by(f64::total_cmp);
     assert_eq!(lat.len(), episodes, "every episode was reported: {lat:?}");
