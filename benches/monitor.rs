@@ -123,9 +123,17 @@ fn detection_latency(episodes: usize, threshold: Duration) -> (f64, f64) {
     greenhub::sleep(Duration::ZERO);
     let mut lat = Vec::new();
     for _ in 0..episodes {
+        // Spins until its report is in (at most 2 s): a busy machine that starves the hog
+        // delays its report, and a hog that stopped first would never get one.
+        let seen = reported.clone();
         let h = spawn(move || {
             let start = Instant::now();
-            spin(threshold * 2);
+            let me = getcurrent().id();
+            while start.elapsed() < Duration::from_secs(2)
+                && !seen.lock().unwrap().iter().any(|(g, _)| *g == me)
+            {
+                spin(Duration::from_millis(1));
+            }
             start
         });
         let id = h.id();

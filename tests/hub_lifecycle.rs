@@ -33,11 +33,16 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// A thread that makes a hub, runs a greenlet that blocks (so the hub greenlet runs and
-/// parks), joins it and exits.
-fn short_lived_hub_thread(name: String) {
+/// parks), joins it and exits. With `greenlets_first`, it uses a plain greenlet before the
+/// hub: its thread-locals are then made, and destroyed, in the other order.
+fn short_lived_hub_thread(name: String, greenlets_first: bool) {
     std::thread::Builder::new()
         .name(name)
-        .spawn(|| {
+        .spawn(move || {
+            if greenlets_first {
+                let g = greenhub::Greenlet::new(|v| Ok(v.downcast::<u8>().unwrap() + 1));
+                assert_eq!(g.switch(1_u8).unwrap().downcast::<u8>().unwrap(), 2);
+            }
             let h = spawn(|| {
                 sleep(Duration::ZERO);
                 7
@@ -55,11 +60,11 @@ fn a_thousand_short_lived_hub_threads_leave_fds_and_address_space_as_they_were()
     // Warm up what a process keeps once: the monitor thread, malloc's per-thread arenas,
     // glibc's cache of thread stacks.
     for i in 0..50 {
-        short_lived_hub_thread(format!("warm-{i}"));
+        short_lived_hub_thread(format!("warm-{i}"), i % 2 == 0);
     }
     let (fds, vm) = (open_fds(), status_kib("VmSize"));
     for i in 0..1000 {
-        short_lived_hub_thread(format!("short-{i}"));
+        short_lived_hub_thread(format!("short-{i}"), i % 2 == 0);
     }
     let (fds_after, vm_after) = (open_fds(), status_kib("VmSize"));
     eprintln!("1,000 hub threads: fds {fds} -> {fds_after}, VmSize {vm} -> {vm_after} KiB");
@@ -74,10 +79,41 @@ fn a_thousand_short_lived_hub_threads_leave_fds_and_address_space_as_they_were()
 }
 
 #[test]
+fn hub_threads_that_never_block_leave_fds_and_address_space_as_they_were() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The hub is made (its greenlet, its poller, its waker) but never runs.
+    let thread = |i: usize| {
+        std::thread::Builder::new()
+            .name(format!("idle-hub-{i}"))
+            .spawn(|| drop(hub::handle()))
+            .unwrap()
+            .join()
+            .unwrap();
+    };
+    for i in 0..50 {
+        thread(i);
+    }
+    let (fds, vm) = (open_fds(), status_kib("VmSize"));
+    for i in 0..500 {
+        thread(i);
+    }
+    let (fds_after, vm_after) = (open_fds(), status_kib("VmSize"));
+    eprintln!("500 idle hub threads: fds {fds} -> {fds_after}, VmSize {vm} -> {vm_after} KiB");
+    assert!(
+        fds_after <= fds + 2,
+        "open fds went from {fds} to {fds_after}"
+    );
+    assert!(
+        vm_after <= vm + 16 * 1024,
+        "VmSize went from {vm} KiB to {vm_after} KiB"
+    );
+}
+
+#[test]
 fn dump_skips_hub_threads_that_have_exited_and_answers_at_once() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..3 {
-        short_lived_hub_thread(format!("exited-hub-{i}"));
+        short_lived_hub_thread(format!("exited-hub-{i}"), false);
     }
     let t = Instant::now();
     let text = hub::dump();
@@ -186,5 +222,5 @@ fn a_thread_that_exits_with_live_greenlets_leaks_them_without_running_them() {
     // The thread is gone, and its greenlets with it: nothing of theirs ran at its exit.
     assert_eq!(LIVE_DROPS.load(std::sync::atomic::Ordering::SeqCst), 0);
     // The process is fine: a new hub thread works.
-    short_lived_hub_thread("after-leak".into());
+    short_lived_hub_thread("after-leak".into(), false);
 }

@@ -215,7 +215,9 @@ impl Hub {
             // its stack never unwound.
             std::mem::forget(task);
         }
-        if !self.greenlet.is_dead() {
+        if self.greenlet.is_started() && !self.greenlet.is_dead() {
+            // Could not be stopped: never kill it either. (One that never ran holds
+            // nothing and is dropped with the hub.)
             std::mem::forget(self.greenlet.clone());
         }
         if !alive {
