@@ -697,3 +697,30 @@ fn a_sigurg_handler_installed_before_greenhub_still_gets_its_signals() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_timer_cancelled_before_a_hog_does_not_count_as_delayed() {
+    let (_g, reports) = collecting(Duration::from_millis(50));
+    let event = Rc::new(greenhub::Event::new());
+    let setter = {
+        let event = event.clone();
+        spawn(move || {
+            sleep(Duration::from_millis(5));
+            event.set();
+        })
+    };
+    // Waits with a 100 ms timeout, is woken long before it (its timer is cancelled), then
+    // hogs past that deadline with nobody waiting.
+    let hog = spawn(move || {
+        with_timeout(Duration::from_millis(100), || event.wait()).unwrap();
+        spin_hog_for(Duration::from_millis(400));
+    });
+    let id = hog.id();
+    // Only the hog's end is awaited: the main greenlet is not kept waiting by it.
+    hog.join().unwrap();
+    setter.join().unwrap();
+    sleep(Duration::from_millis(100)); // the monitor has had its look
+    let mine = reports_for(&reports, id);
+    restore();
+    assert!(mine.is_empty(), "{mine:#?}");
+}

@@ -349,7 +349,7 @@ impl Hub {
                 // Thrown at us by a plain switch: the wait ends with that error.
                 task.waiting.set(0);
                 if let Some(t) = timer {
-                    self.timers.borrow_mut().cancel(t);
+                    self.cancel_timer(t);
                 }
                 return Err(e);
             }
@@ -358,7 +358,7 @@ impl Hub {
             }
         }
         if let Some(t) = timer {
-            self.timers.borrow_mut().cancel(t);
+            self.cancel_timer(t);
         }
         match task.wake.get() {
             Wake::Kill => {
@@ -372,6 +372,18 @@ impl Hub {
                 Err(Error::Timeout)
             }
             other => self.check_interrupts(task).map(|()| other),
+        }
+    }
+
+    /// Cancels a parked greenlet's timer. It runs on, so the monitor learns the earliest
+    /// timer now (else it could take a cancelled one for a due one and report a block).
+    fn cancel_timer(&self, key: timer::TimerKey) {
+        let mut timers = self.timers.borrow_mut();
+        if timers.cancel(key).is_some()
+            && let Some(p) = &self.probe
+            && timers.take_changed()
+        {
+            p.publish_next_timer(timers.next_deadline());
         }
     }
 
