@@ -2,16 +2,28 @@
 //! address space, its entry in `dump()`), and the memory it gives back while it is idle.
 //!
 //! These tests measure process-wide figures (open fds, VmSize, VmRSS), so they take a lock
-//! and run one at a time; this file holds no other tests.
+//! and run one at a time; this file holds no other tests. The monitor's reports are off
+//! here: on a loaded machine a hub may be reported, and the debug info the monitor then
+//! maps and keeps would count in these figures. (Its probes and time slices stay on.)
 
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use greenhub::hub::{self, result_channel};
-use greenhub::{sleep, spawn};
+use greenhub::{monitor, sleep, spawn};
 
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the lock; turns the monitor's reports off.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    monitor::configure(monitor::Config {
+        max_blocking_time: None,
+        ..monitor::Config::default()
+    });
+    guard
+}
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -56,7 +68,7 @@ fn short_lived_hub_thread(name: String, greenlets_first: bool) {
 
 #[test]
 fn a_thousand_short_lived_hub_threads_leave_fds_and_address_space_as_they_were() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     // Warm up what a process keeps once: the monitor thread, malloc's per-thread arenas,
     // glibc's cache of thread stacks.
     for i in 0..50 {
@@ -80,7 +92,7 @@ fn a_thousand_short_lived_hub_threads_leave_fds_and_address_space_as_they_were()
 
 #[test]
 fn hub_threads_that_never_block_leave_fds_and_address_space_as_they_were() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     // The hub is made (its greenlet, its poller, its waker) but never runs.
     let thread = |i: usize| {
         std::thread::Builder::new()
@@ -111,7 +123,7 @@ fn hub_threads_that_never_block_leave_fds_and_address_space_as_they_were() {
 
 #[test]
 fn dump_skips_hub_threads_that_have_exited_and_answers_at_once() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     for i in 0..3 {
         short_lived_hub_thread(format!("exited-hub-{i}"), false);
     }
@@ -137,16 +149,18 @@ fn touch_stack<const KIB: usize>() -> u8 {
 }
 
 #[test]
-fn an_idle_hub_gives_back_the_stack_memory_of_finished_greenlets() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn an_idle_hub_gives_back_the_stack_memory_of_finished_greenlets_then_sleeps() {
+    let _g = serial();
     const GREENLETS: usize = 300;
     let (burst_done_tx, burst_done) = std::sync::mpsc::channel();
     let (go_tx, go) = std::sync::mpsc::channel();
+    let before = status_kib("VmRSS");
     let hub_thread = std::thread::spawn(move || {
         // The hub thread's last wait is for a value from another thread: no timer of its
         // own, so only a trim wake-up can make it give memory back.
         let (tx, rx) = result_channel::<()>();
-        go_tx.send(tx).unwrap();
+        // SAFETY: gettid has no preconditions.
+        go_tx.send((tx, unsafe { libc::gettid() })).unwrap();
         let hs: Vec<_> = (0..GREENLETS)
             .map(|_| {
                 spawn(|| {
@@ -162,8 +176,7 @@ fn an_idle_hub_gives_back_the_stack_memory_of_finished_greenlets() {
         burst_done_tx.send(()).unwrap();
         rx.recv().unwrap();
     });
-    let release = go.recv().unwrap();
-    let before = status_kib("VmRSS");
+    let (release, hub_tid) = go.recv().unwrap();
     burst_done.recv().unwrap();
     let peak = status_kib("VmRSS");
     let grown = peak.saturating_sub(before);
@@ -181,12 +194,33 @@ fn an_idle_hub_gives_back_the_stack_memory_of_finished_greenlets() {
         }
     }
     let took = t.elapsed();
+    // Trimmed, the idle hub stops waking up: it sleeps until something happens.
+    std::thread::sleep(Duration::from_millis(1500));
+    let wakeups = || {
+        let path = format!("/proc/self/task/{hub_tid}/status");
+        let status = std::fs::read_to_string(path).unwrap();
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let w0 = wakeups();
+    std::thread::sleep(Duration::from_millis(2500));
+    let idle_wakeups = wakeups() - w0;
     release.send(());
     hub_thread.join().unwrap();
-    eprintln!("RSS {before} -> {peak} -> {now} KiB, {took:?} after the hub went idle");
+    eprintln!(
+        "RSS {before} -> {peak} -> {now} KiB, {took:?} after the hub went idle; \
+         then {idle_wakeups} wake-ups in 2.5 s"
+    );
     assert!(
         now < before + grown / 4,
         "RSS still {now} KiB ({before} before the burst, {peak} at its end) after {took:?} idle"
+    );
+    assert!(
+        idle_wakeups <= 1,
+        "{idle_wakeups} wake-ups in 2.5 s of idleness"
     );
 }
 
@@ -201,7 +235,7 @@ impl Drop for CountDrop {
 
 #[test]
 fn a_thread_that_exits_with_live_greenlets_leaks_them_without_running_them() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     LIVE_DROPS.store(0, std::sync::atomic::Ordering::SeqCst);
     std::thread::spawn(|| {
         // Parked on a timer, with a destructor on its stack.

@@ -712,7 +712,9 @@ fn a_timer_cancelled_before_a_hog_does_not_count_as_delayed() {
     // Waits with a 100 ms timeout, is woken long before it (its timer is cancelled), then
     // hogs past that deadline with nobody waiting.
     let hog = spawn(move || {
-        with_timeout(Duration::from_millis(100), || event.wait()).unwrap();
+        with_timeout(Duration::from_millis(100), || event.wait())
+            .unwrap()
+            .unwrap();
         spin_hog_for(Duration::from_millis(400));
     });
     let id = hog.id();

@@ -70,12 +70,12 @@ pub(crate) struct Hub {
     next_seq: Cell<u64>,
     /// When to next give back the memory of stacks left unused (see `StackPool::trim`).
     next_trim: Cell<Instant>,
-    /// Bumped whenever a greenlet has run (the hub got control back from one).
-    activity: Cell<u64>,
-    /// `activity` at the last trim.
-    activity_at_trim: Cell<u64>,
-    /// Greenlets ran in the interval before the last trim, so it may have left stacks that
-    /// were in use then: one more trim, a whole idle interval later, gives those back.
+    /// Bumped whenever a greenlet the hub ran has died (its stack went back to the pool).
+    deaths: Cell<u64>,
+    /// `deaths` at the last trim.
+    deaths_at_trim: Cell<u64>,
+    /// Greenlets died in the interval before the last trim, so it may have left stacks
+    /// that were reused then: one more trim, a whole interval later, gives those back.
     trim_again: Cell<bool>,
     /// The thread is exiting: the event loop returns (see [`Hub::tear_down`]).
     stopping: Cell<bool>,
@@ -174,8 +174,8 @@ impl Hub {
             all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
             next_trim: Cell::new(Instant::now() + STACK_TRIM_INTERVAL),
-            activity: Cell::new(0),
-            activity_at_trim: Cell::new(0),
+            deaths: Cell::new(0),
+            deaths_at_trim: Cell::new(0),
             trim_again: Cell::new(false),
             stopping: Cell::new(false),
         })
@@ -496,7 +496,9 @@ impl Hub {
         *self.running.borrow_mut() = Some(task.clone());
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
-        self.activity.set(self.activity.get() + 1);
+        if task.greenlet.is_dead() {
+            self.deaths.set(self.deaths.get() + 1);
+        }
         let ended = coarse_now();
         task.runs.set(task.runs.get() + 1);
         if ended > started {
@@ -562,20 +564,22 @@ impl Hub {
         if now >= self.next_trim.get() {
             self.next_trim.set(now + STACK_TRIM_INTERVAL);
             crate::greenlet::trim_stack_pool();
-            let activity = self.activity.get();
-            self.trim_again.set(activity != self.activity_at_trim.get());
-            self.activity_at_trim.set(activity);
+            let deaths = self.deaths.get();
+            self.trim_again.set(deaths != self.deaths_at_trim.get());
+            self.deaths_at_trim.set(deaths);
         }
     }
 
-    /// When an idle hub should wake to trim the stack pool, if it should: while greenlets
-    /// have run since the last trim, or ran in the interval before it. A trim gives back the
-    /// stacks unused since the previous one, so after the last greenlet ran, at most two
-    /// trims (the second a whole idle interval after the first) give back every stack that
-    /// was free; then an idle hub sleeps until something happens (no periodic wake-ups).
+    /// When a hub about to wait should wake to trim the stack pool, if it should: while
+    /// greenlets have died since the last trim, or died in the interval before it. A trim
+    /// gives back the free stacks that were not reused since the previous trim; stacks
+    /// come back to the pool only when greenlets die, so a trim after an interval in which
+    /// none died leaves no free stack unreleased. After the last death, then, at most two
+    /// trims give every free stack back, and an idle hub sleeps until something happens
+    /// (no periodic wake-ups).
     fn trim_due(&self) -> Option<Instant> {
-        let active = self.activity.get() != self.activity_at_trim.get();
-        (active || self.trim_again.get()).then(|| self.next_trim.get())
+        let died = self.deaths.get() != self.deaths_at_trim.get();
+        (died || self.trim_again.get()).then(|| self.next_trim.get())
     }
 
     fn fire_timers(&self) {
@@ -610,7 +614,6 @@ impl Hub {
                     p.publish_next_timer(None);
                 }
                 let _ = self.main.switch(());
-                self.activity.set(self.activity.get() + 1);
             }
         }
     }
