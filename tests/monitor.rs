@@ -172,12 +172,14 @@ fn a_greenlet_in_a_blocking_syscall_is_reported_as_such() {
     let stop = Rc::new(Cell::new(false));
     let waiting = ticker(&stop);
     let sink = reports.clone();
-    let hog = greenhub::hub::Builder::new().name("sleeper").spawn(move || {
-        let t = Instant::now();
-        while !reported_me(&sink) && t.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20)); // blocks the hub in a syscall
-        }
-    });
+    let hog = greenhub::hub::Builder::new()
+        .name("sleeper")
+        .spawn(move || {
+            let t = Instant::now();
+            while !reported_me(&sink) && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(20)); // blocks the hub in a syscall
+            }
+        });
     let id = hog.id();
     hog.join().unwrap();
     let mine = wait_reports(&reports, id, has_open);
