@@ -56,7 +56,7 @@ use crate::error::Error;
 use switch::{Co, GreenYielder, Payload};
 
 pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
-pub(crate) use switch::{is_forced_unwind, signal_safe_identity};
+pub(crate) use switch::{is_forced_unwind, live_greenlets, signal_safe_identity};
 pub use trace::{TraceEvent, TraceHook, settrace};
 pub use value::Value;
 
@@ -97,7 +97,16 @@ pub(crate) struct Inner {
     /// yet (`co` is `None`): its first switch takes a stack and makes it.
     lazy: Cell<Option<Weak<dyn LazyBody>>>,
     yielder: Cell<*const GreenYielder>,
-    forced_unwind: Cell<bool>,
+    /// While it is being killed by force (see `switch::kill_on_drop`): the greenlet
+    /// waiting for its death, from `Rc::as_ptr`; null otherwise. Its switches fail then.
+    forced_by: Cell<*const Inner>,
+    /// Switches it attempted while being killed by force (bounded, then it is leaked).
+    forced_switches: Cell<u32>,
+    /// A kill reached it while the thread was unwinding, so it got `Err(Killed)` instead
+    /// of an unwind: if it then dies panicking, the kill is its death.
+    killed_unwinding: Cell<bool>,
+    /// Its index in this thread's registry of greenlet records (`usize::MAX`: none).
+    registered: Cell<usize>,
 }
 
 /// The function of a greenlet whose stack and coroutine are only made at its first switch
@@ -137,6 +146,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        switch::unregister(self);
         if self.lazy.get_mut().is_some() {
             switch::lazy_gone();
         }
@@ -155,10 +165,47 @@ impl Drop for Inner {
 
 /// A handle to a greenlet. Cloning it makes another handle to the same greenlet.
 ///
+/// # Dropping
+///
 /// Dropping the last handle of a started, unfinished greenlet kills it: its stack unwinds
 /// (every destructor on it runs) and returns to the pool, as Python raises `GreenletExit`
 /// in a greenlet that is garbage-collected. The running greenlet and the parents of live
-/// greenlets are always referenced, so they are never killed this way.
+/// greenlets are always referenced, so they are never killed this way. While it dies,
+/// its parent is the greenlet that dropped it (so its death returns there); its own
+/// parent is restored afterwards, as in Python.
+///
+/// A greenlet that catches the kill (`catch_unwind`) and switches back alive lives on if
+/// it made a new handle to itself meanwhile (Python's resurrection). Otherwise it is
+/// killed again, and its switches fail with `Err(Error::Killed)` until it is dead; if it
+/// catches that unwind too, it cannot be ended: it is reported on stderr and its stack
+/// is leaked (never unwound nor reused) rather than left to spin.
+///
+/// # Reference cycles
+///
+/// Rust does not collect cycles. A greenlet that its own stack keeps alive, directly or
+/// through other greenlets, never gets its last handle dropped: it is never killed, its
+/// stack is never unwound and its memory never freed. The usual ways to make one:
+///
+/// - keeping `getcurrent()` (or another handle to the greenlet itself) in a local
+///   variable across a switch;
+/// - a suspended parent whose stack holds a handle to its child (the child holds its
+///   parent as its parent);
+/// - two suspended greenlets whose stacks hold each other's handles, or a greenlet whose
+///   function captured a shared slot (`Rc<RefCell<..>>`) that holds its own handle.
+///
+/// Drop such handles before switching away, pass them in switch values instead, or end
+/// the greenlet with [`kill`](Greenlet::kill). `greenhub::dump()` lists every live
+/// greenlet the hub has no task for under "greenlets not known to the hub": that is
+/// where a greenlet kept alive by a cycle shows up.
+///
+/// # Panics are per thread
+///
+/// Rust keeps its panic state per thread, not per greenlet (Python keeps exception state
+/// per greenlet): while any greenlet of the thread is unwinding (one switched away from a
+/// destructor that runs during its unwinding), `std::thread::panicking()` is true in
+/// every greenlet that runs. A std `Mutex` guard dropped meanwhile poisons its mutex, and
+/// a kill arrives as `Err(Error::Killed)` rather than as an unwind (see
+/// [`kill`](Greenlet::kill)).
 pub struct Greenlet {
     pub(crate) inner: Rc<Inner>,
 }
@@ -236,7 +283,10 @@ impl Greenlet {
             co: RefCell::new(None),
             lazy: Cell::new(None),
             yielder: Cell::new(std::ptr::null()),
-            forced_unwind: Cell::new(false),
+            forced_by: Cell::new(std::ptr::null()),
+            forced_switches: Cell::new(0),
+            killed_unwinding: Cell::new(false),
+            registered: Cell::new(usize::MAX),
         }))
     }
 
@@ -302,8 +352,15 @@ impl Greenlet {
 
     /// Kills this greenlet: it unwinds from its switch point (every destructor on its stack
     /// runs) and its death (`Err(Error::Killed)`) goes to its parent, like Python's
-    /// `g.throw()` with `GreenletExit`. An unstarted greenlet dies without running. The main
-    /// greenlet cannot be killed: it gets `Err(Error::Killed)` at its switch point instead.
+    /// `g.throw()` with `GreenletExit`. An unstarted greenlet dies without running (its
+    /// parent gets `Err(Error::Killed)`, it is not killed itself). The main greenlet
+    /// cannot be killed: it gets `Err(Error::Killed)` at its switch point instead.
+    ///
+    /// While the thread is unwinding from a panic (see [`Greenlet`] on panics), the kill
+    /// arrives as `Err(Error::Killed)` from its switch rather than as an unwind: the
+    /// greenlet may be switched away from a destructor that runs during its own unwinding,
+    /// where a second unwind would abort the process. If it then dies of that unwinding,
+    /// its death is the kill.
     ///
     /// # Errors
     /// As [`throw`](Greenlet::throw).
@@ -347,7 +404,10 @@ impl Greenlet {
             }
             ancestor = a.parent();
         }
-        *self.inner.parent.borrow_mut() = Some(parent.clone());
+        let old = self.inner.parent.replace(Some(parent.clone()));
+        // Dropped once the field is released: if it was the old parent's last handle, its
+        // death runs user code, which may look at this greenlet's parent.
+        drop(old);
         Ok(())
     }
 
@@ -390,6 +450,17 @@ impl Greenlet {
     /// Is this the thread's main greenlet?
     pub fn is_main(&self) -> bool {
         self.inner.is_main
+    }
+
+    /// Where it is in its life, in words (for `dump()`).
+    pub(crate) fn state_name(&self) -> &'static str {
+        match self.inner.state.get() {
+            State::Unstarted => "not started",
+            State::Running => "running",
+            State::Suspended => "suspended",
+            State::Resuming => "waiting in a switch into another greenlet",
+            State::Dead => "dead",
+        }
     }
 }
 
@@ -465,10 +536,12 @@ impl Spares {
             *inner.co.get_mut() = new.co;
             inner.lazy.set(new.lazy);
             inner.yielder.set(std::ptr::null());
-            inner.forced_unwind.set(false);
+            inner.forced_by.set(std::ptr::null());
+            inner.forced_switches.set(0);
+            inner.killed_unwinding.set(false);
             return rc;
         }
-        Rc::new(Inner {
+        let rc = Rc::new(Inner {
             id: new.id,
             is_main: false,
             name: new.name,
@@ -479,8 +552,13 @@ impl Spares {
             co: RefCell::new(new.co),
             lazy: Cell::new(new.lazy),
             yielder: Cell::new(std::ptr::null()),
-            forced_unwind: Cell::new(false),
-        })
+            forced_by: Cell::new(std::ptr::null()),
+            forced_switches: Cell::new(0),
+            killed_unwinding: Cell::new(false),
+            registered: Cell::new(usize::MAX),
+        });
+        switch::register(&rc);
+        rc
     }
 
     /// Keeps the allocation of a dead greenlet's `Inner` for reuse, if there is room: the

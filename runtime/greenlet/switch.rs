@@ -332,6 +332,9 @@ pub(crate) struct ThreadState {
     /// Greenlets made by `Builder::build_lazy` that have not got their stack yet. While
     /// the pool holds more free stacks than that, new ones wait for theirs too.
     pub(crate) lazy_waiting: Cell<usize>,
+    /// Every greenlet record allocated on this thread and not freed yet (pointers from
+    /// `Rc::as_ptr`), live, dead or spare: what `dump()` lists greenlets from.
+    records: RefCell<slab::Slab<*const Inner>>,
 }
 
 impl Drop for ThreadState {
@@ -353,6 +356,7 @@ impl ThreadState {
             default_stack_size: Cell::new(stack::DEFAULT_STACK_SIZE),
             spares: RefCell::default(),
             lazy_waiting: Cell::new(0),
+            records: RefCell::default(),
         }
     }
 }
@@ -391,12 +395,12 @@ pub(crate) fn current() -> Greenlet {
     unsafe { clone_handle(p) }
 }
 
-/// Is the running greenlet being unwound by force (corosensei's forced unwind, which must
-/// reach the coroutine's root untouched)?
+/// Is the running greenlet being killed by force (it caught a kill once already, see
+/// `kill_on_drop`)?
 pub(crate) fn is_forced_unwind() -> bool {
     let p = hot().current.get();
     // SAFETY: the running greenlet is alive (the `Hot::current` invariant).
-    !p.is_null() && unsafe { &*p }.forced_unwind.get()
+    !p.is_null() && !unsafe { &*p }.forced_by.get().is_null()
 }
 
 /// The sender to record in a message: the running greenlet, if a trace hook wants it.
@@ -423,7 +427,7 @@ pub(crate) fn send_value(target: &Greenlet, value: Value) -> Result<Value, Error
     if !me.is_null() && !ptr::eq(me, tp) && !h.trace_on.get() {
         // SAFETY: the running greenlet is alive while its own code runs (`Hot::current`).
         let me_ref: &Inner = unsafe { &*me };
-        if !me_ref.forced_unwind.get() {
+        if me_ref.forced_by.get().is_null() {
             match target.inner.state.get() {
                 // `target` is borrowed for the whole call: it stays alive while it runs.
                 State::Suspended => return fast_resume(h, me, tp, value),
@@ -463,6 +467,10 @@ pub(crate) fn send(target: &Greenlet, event: TraceEvent, payload: Payload) -> Re
         event,
         payload,
     };
+    // SAFETY: as above.
+    if !unsafe { &*me }.forced_by.get().is_null() {
+        return refuse_switch(h, me, msg);
+    }
     let reply = transfer(h, me, msg);
     // SAFETY: as above; we are running again.
     deliver(reply, unsafe { &*me })
@@ -574,10 +582,12 @@ pub(crate) fn lazy_gone() {
     try_with_thread(|t| t.lazy_waiting.set(t.lazy_waiting.get() - 1));
 }
 
-/// The trace event of a greenlet's death carrying `payload`.
+/// The trace event of a greenlet's death carrying `payload`. As in Python greenlet, where
+/// `GreenletExit` becomes the greenlet's result, a killed greenlet's death is a switch.
 fn event_of(payload: &Payload) -> TraceEvent {
     match payload {
         Payload::Value(_) => TraceEvent::Switch,
+        Payload::Throw(e) if matches!(**e, Error::Killed) => TraceEvent::Switch,
         _ => TraceEvent::Throw,
     }
 }
@@ -642,6 +652,13 @@ fn deliver_cold(payload: Payload, me: &Inner) -> Result<Value, Error> {
         Payload::Throw(e) => Err(*e),
         // The main greenlet cannot be unwound: it owns the thread.
         Payload::Kill if me.is_main => Err(Error::Killed),
+        Payload::Kill if std::thread::panicking() => {
+            // We may be in a destructor that runs during an unwind (the greenlet switched
+            // away from it), where unwinding again aborts the process: the kill is an
+            // error instead. If the greenlet then dies of that unwind, it died killed.
+            me.killed_unwinding.set(true);
+            Err(Error::Killed)
+        }
         Payload::Kill => std::panic::resume_unwind(Box::new(GreenletExit)),
         Payload::Panic(p) => std::panic::resume_unwind(p),
     }
@@ -655,10 +672,6 @@ fn deliver_cold(payload: Payload, me: &Inner) -> Result<Value, Error> {
 /// its way up the resume chain (its target is `Resuming`, and only `suspend`s follow
 /// until it lands), and every step that could run user code owns it first.
 fn transfer(h: &Hot, me: *const Inner, mut msg: Msg) -> Payload {
-    // SAFETY: `me` is the running greenlet, so alive.
-    if unsafe { &*me }.forced_unwind.get() {
-        forced_unwind_switch();
-    }
     loop {
         if ptr::eq(msg.target, me) {
             return arrive(msg);
@@ -695,14 +708,42 @@ fn transfer(h: &Hot, me: *const Inner, mut msg: Msg) -> Payload {
     }
 }
 
+/// Most switches a greenlet being killed by force may attempt from destructors that run
+/// while it unwinds (each fails with `Err(Killed)`) before it is given up as unkillable.
+const FORCED_SWITCH_LIMIT: u32 = 1000;
+
+/// A switch attempted by the greenlet `me` while it is being killed by force (see
+/// [`force_kill`]): it does not leave `me`. From a destructor running during an unwind
+/// it fails with `Err(Killed)` (unwinding from there would abort the process). Anywhere
+/// else `me` has caught the unwind meant to end it: the kill has failed, and `me` goes
+/// back to its killer for good, which leaks its stack.
 #[cold]
-fn forced_unwind_switch() -> ! {
-    // Being unwound by force: it may not switch away any more.
-    std::panic::resume_unwind(Box::new(GreenletExit))
+#[inline(never)]
+fn refuse_switch(h: &Hot, me: *const Inner, msg: Msg) -> Result<Value, Error> {
+    // SAFETY: `me` is the running greenlet, so alive.
+    let me_ref: &Inner = unsafe { &*me };
+    let attempts = me_ref.forced_switches.get().saturating_add(1);
+    me_ref.forced_switches.set(attempts);
+    drop(msg); // its value is never delivered
+    if std::thread::panicking() && attempts <= FORCED_SWITCH_LIMIT {
+        return Err(Error::Killed);
+    }
+    let killer = me_ref.forced_by.get();
+    let back = Msg {
+        target: killer,
+        // SAFETY: the killer is alive: it resumed us and waits for our death (`force_kill`).
+        keep: Some(unsafe { clone_handle(killer) }),
+        origin: traced_origin(h),
+        event: TraceEvent::Switch,
+        payload: Payload::Value(Value::unit()),
+    };
+    // The killer leaks our stack: this does not return, unless the thread is torn down.
+    let reply = transfer(h, me, back);
+    deliver(reply, me_ref)
 }
 
-/// An error thrown into an unstarted greenlet: it never runs, it dies, and the error
-/// goes on to its parent.
+/// An error or a kill thrown into an unstarted greenlet: it never runs, it dies, and its
+/// death goes on to its parent (a kill as `Err(Killed)`: never as a kill of the parent).
 #[cold]
 fn throw_unstarted(msg: &mut Msg) {
     // SAFETY: the target is alive (the `Msg::target` invariant).
@@ -710,8 +751,20 @@ fn throw_unstarted(msg: &mut Msg) {
     let co = target.co.borrow_mut().take();
     drop(take_lazy(target)); // a lazy greenlet's body is not run, nor dropped, here
     target.state.set(State::Dead);
-    let parent = target.live_parent();
-    msg.retarget(parent); // now owned: dropping the closure below may run user code
+    if matches!(msg.payload, Payload::Kill) {
+        msg.payload = Payload::Throw(Box::new(Error::Killed));
+    }
+    msg.own(); // now owned: the trace hook and dropping the closure may run user code
+    let dead = msg.keep.clone().expect("an owned message keeps its target");
+    msg.retarget(target.live_parent());
+    msg.event = event_of(&msg.payload);
+    if let Some(origin) = msg.origin.take() {
+        // Traced as Python greenlet traces it: the throw reaches the greenlet, then its
+        // death leaves it for its parent. (The first hook call runs here, on the
+        // thrower's stack: the greenlet never had one.)
+        trace::call(TraceEvent::Throw, &origin, &dead);
+        msg.origin = Some(dead);
+    }
     if let Some(co) = co {
         recycle(co);
     }
@@ -812,20 +865,25 @@ where
         // SAFETY: our resumer set `current` to us and keeps us alive while we run.
         let me: &Inner = unsafe { &*h.current.get() };
         me.yielder.set(yielder);
-        let payload = match h.take_value(me) {
-            Some(v) => v,
-            None => match arrive(h.take()) {
-                Payload::Value(v) => v,
-                _ => unreachable!("errors thrown into unstarted greenlets never start them"),
-            },
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(payload)));
+        // The first message is taken at once; a traced one is delivered inside the catch
+        // below, so that a kill reaching the trace hook kills this greenlet.
+        let first = h.take_value(me).ok_or_else(|| h.take());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let value = match first {
+                Ok(v) => v,
+                Err(msg) => match arrive(msg) {
+                    Payload::Value(v) => v,
+                    _ => unreachable!("errors thrown into unstarted greenlets never start them"),
+                },
+            };
+            f(value)
+        }));
         let payload = match outcome {
             Ok(Ok(v)) => Payload::Value(v),
             Ok(Err(e)) => Payload::Throw(Box::new(e)),
-            Err(p) if p.is::<GreenletExit>() => Payload::Throw(Box::new(Error::Killed)),
-            // corosensei's own forced unwind must reach its root untouched.
-            Err(p) if me.forced_unwind.get() => std::panic::resume_unwind(p),
+            Err(p) if p.is::<GreenletExit>() || me.killed_unwinding.get() => {
+                Payload::Throw(Box::new(Error::Killed))
+            }
             Err(p) => Payload::Panic(p),
         };
         me.state.set(State::Dead);
@@ -865,19 +923,55 @@ fn resuming_parent(me: &Inner) -> Option<*const Inner> {
 }
 
 /// Kills `g` because its last handle is being dropped: Python's `GreenletExit` on GC.
-/// Its parent becomes the running greenlet so that its death returns here.
+///
+/// Its parent is the running greenlet while it dies, so that its death returns here, and
+/// its own parent afterwards (as in Python). A greenlet that catches the kill and comes
+/// back alive is killed again by force ([`force_kill`]), unless it got a new handle
+/// meanwhile (it stored `getcurrent()` somewhere): then it lives on, as in Python.
 #[cold]
 pub(crate) fn kill_on_drop(g: &Greenlet) {
     let inner: &Inner = &g.inner;
     if try_with_thread(|_| ()).is_none() || hot().current.get().is_null() {
         // The thread is going away: nothing can run any more. Leak the greenlet's stack.
-        if let Some(co) = inner.co.borrow_mut().take() {
-            std::mem::forget(co);
-        }
+        leak_stack(inner);
         return;
     }
     let me = current();
-    *inner.parent.borrow_mut() = Some(me.clone());
+    let h = hot();
+    let parent = inner.parent.replace(Some(me.clone()));
+    // A borrowed message: `g` outlives this call.
+    let msg = Msg {
+        target: Rc::as_ptr(&g.inner),
+        keep: None,
+        origin: traced_origin(h),
+        event: TraceEvent::Throw,
+        payload: Payload::Kill,
+    };
+    let reply = transfer(h, Rc::as_ptr(&me.inner), msg);
+    report_panic(inner, &reply, "while being unwound on drop");
+    drop(reply);
+    if inner.state.get() != State::Dead && Rc::strong_count(&g.inner) == 1 {
+        force_kill(&me, g);
+    }
+    if let Some(parent) = parent {
+        // Refused only if a cycle was made while it died: then it keeps the parent it has.
+        let _ = g.set_parent(&parent);
+    }
+}
+
+/// Kills `g` (suspended, and alive after one kill) once more, with its switches failing
+/// meanwhile (see [`refuse_switch`]), so that the unwind runs to its end. If it catches
+/// that unwind as well, it cannot be ended: its stack is leaked, with a report, rather
+/// than left to spin.
+#[cold]
+fn force_kill(me: &Greenlet, g: &Greenlet) {
+    let gi: &Inner = &g.inner;
+    eprintln!(
+        "greenhub: greenlet #{} survived a kill; killing it again, with its switches failing",
+        gi.id
+    );
+    gi.forced_by.set(Rc::as_ptr(&me.inner));
+    gi.forced_switches.set(0);
     let h = hot();
     // A borrowed message: `g` outlives this call.
     let msg = Msg {
@@ -888,41 +982,74 @@ pub(crate) fn kill_on_drop(g: &Greenlet) {
         payload: Payload::Kill,
     };
     let reply = transfer(h, Rc::as_ptr(&me.inner), msg);
-    if let Payload::Panic(p) = &reply {
-        let msg = crate::error::panic_payload_str(p.as_ref()).unwrap_or("<non-string payload>");
+    report_panic(gi, &reply, "while being unwound by force");
+    drop(reply);
+    gi.forced_by.set(ptr::null());
+    if gi.state.get() != State::Dead {
         eprintln!(
-            "greenhub: greenlet #{} panicked while being unwound on drop: {msg}",
-            inner.id
+            "greenhub: greenlet #{} caught the unwind meant to end it and cannot be ended; \
+             its stack is leaked",
+            gi.id
         );
-    }
-    if inner.state.get() != State::Dead {
-        // It caught the kill and switched back to us alive: unwind it by force.
-        force_unwind(&me, g);
+        leak_stack(gi);
     }
 }
 
-/// Unwinds a suspended greenlet with corosensei's forced unwind (the last resort).
-fn force_unwind(me: &Greenlet, g: &Greenlet) {
-    let (mi, gi): (&Inner, &Inner) = (&me.inner, &g.inner);
-    let Some(co) = gi.co.borrow_mut().take() else {
-        return;
-    };
-    eprintln!(
-        "greenhub: greenlet #{} survived a kill; forcing its stack to unwind",
-        gi.id
-    );
-    gi.forced_unwind.set(true);
-    mi.state.set(State::Resuming);
-    gi.state.set(State::Running);
-    hot().set_current(Rc::as_ptr(&g.inner));
-    // Dropping a suspended coroutine unwinds its stack; its slot is not reused.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(co)));
-    hot().set_current(Rc::as_ptr(&me.inner));
-    mi.state.set(State::Running);
-    gi.state.set(State::Dead);
-    if result.is_err() {
-        eprintln!("greenhub: greenlet #{} panicked while being unwound", gi.id);
+/// Says on stderr that the greenlet `gi` panicked `when`, if `reply` is its panic.
+fn report_panic(gi: &Inner, reply: &Payload, when: &str) {
+    if let Payload::Panic(p) = reply {
+        let msg = crate::error::panic_payload_str(p.as_ref()).unwrap_or("<non-string payload>");
+        eprintln!("greenhub: greenlet #{} panicked {when}: {msg}", gi.id);
     }
+}
+
+/// Gives up on the suspended greenlet `gi`: it is dead from now on, and its stack (with
+/// everything on it) is never unwound nor reused.
+fn leak_stack(gi: &Inner) {
+    if let Some(co) = gi.co.borrow_mut().take() {
+        std::mem::forget(co);
+    }
+    gi.state.set(State::Dead);
+}
+
+/// Records the new greenlet record `rc` in this thread's registry ([`live_greenlets`]).
+/// Records reused from the spares stay registered, so spawning costs nothing here.
+pub(crate) fn register(rc: &Rc<Inner>) {
+    try_with_thread(|t| {
+        let index = t.records.borrow_mut().insert(Rc::as_ptr(rc));
+        rc.registered.set(index);
+    });
+}
+
+/// Takes the record `inner`, being freed, out of this thread's registry.
+pub(crate) fn unregister(inner: &Inner) {
+    let index = inner.registered.get();
+    if index != usize::MAX {
+        // Gone with the thread state at thread exit: nothing to do then.
+        try_with_thread(|t| t.records.borrow_mut().try_remove(index));
+    }
+}
+
+/// A handle to every greenlet of this thread that is alive (not dead), the main
+/// greenlet aside: those a reference cycle keeps alive among them.
+pub(crate) fn live_greenlets() -> Vec<Greenlet> {
+    if hot().current.get().is_null() {
+        return Vec::new(); // no greenlet state on this thread (none is made for asking)
+    }
+    with_thread(|t| {
+        t.records
+            .borrow()
+            .iter()
+            .filter_map(|(_, &p)| {
+                // SAFETY: a record is in the registry from its allocation until it is
+                // freed (`Inner::drop` takes it out), so `p` points at a live `Inner`.
+                let inner: &Inner = unsafe { &*p };
+                // SAFETY: as above; cloning a handle runs no user code, so no record
+                // is freed while the registry is borrowed.
+                (inner.state.get() != State::Dead).then(|| unsafe { clone_handle(p) })
+            })
+            .collect()
+    })
 }
 
 /// The running greenlet's identity, for the monitor's signal handler: reads only the
