@@ -187,7 +187,9 @@ impl Drop for Inner {
 /// stack is never unwound and its memory never freed. The usual ways to make one:
 ///
 /// - keeping `getcurrent()` (or another handle to the greenlet itself) in a local
-///   variable across a switch;
+///   variable across a switch, or in a temporary: `getcurrent().parent().unwrap()
+///   .switch(v)` keeps the temporary `getcurrent()` alive until the switch returns (bind
+///   the parent first: `let parent = getcurrent().parent().unwrap(); parent.switch(v)`);
 /// - a suspended parent whose stack holds a handle to its child (the child holds its
 ///   parent as its parent);
 /// - two suspended greenlets whose stacks hold each other's handles, or a greenlet whose
