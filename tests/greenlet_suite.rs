@@ -130,8 +130,7 @@ fn each_of_ten_threads_switches_its_own_greenlets() {
             std::thread::spawn(|| {
                 let lst = log();
                 simple(&lst);
-                let v = lst.borrow().clone();
-                v
+                lst.borrow().clone()
             })
         })
         .collect();
