@@ -38,7 +38,9 @@
 //! needs_sync(&greenhub::getcurrent()); // Greenlet is not Sync
 //! ```
 
+mod builder;
 pub(crate) mod probe;
+mod spares;
 mod stack;
 mod switch;
 mod trace;
@@ -55,6 +57,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::Error;
 use switch::{Co, GreenYielder, Payload};
 
+pub use builder::Builder;
+pub(crate) use spares::Spares;
 pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
 pub(crate) use switch::{is_forced_unwind, live_greenlets, signal_safe_identity};
 pub use trace::{TraceEvent, TraceHook, settrace};
@@ -489,112 +493,6 @@ impl Drop for Greenlet {
     }
 }
 
-/// What differs between new greenlets' `Inner`s (see [`Spares::alloc`]).
-struct NewInner {
-    id: u64,
-    name: Option<Box<str>>,
-    spawned_at: &'static Location<'static>,
-    stack_size: usize,
-    parent: Greenlet,
-    co: Option<Co>,
-    lazy: Option<Weak<dyn LazyBody>>,
-}
-
-/// The allocations of dead greenlets' `Inner`s, kept for new greenlets on this thread, so
-/// that spawn-heavy code allocates nothing for them. Like the stack pool, it keeps at most
-/// [`Spares::LIMIT`] and [`trim`](Spares::trim) frees those left unused for a whole
-/// interval. (The memory it keeps was in use by that many live greenlets just before.)
-#[derive(Default)]
-pub(crate) struct Spares {
-    free: Vec<Rc<Inner>>,
-    /// The fewest spares seen since the last trim: that many went unused.
-    low_water: usize,
-}
-
-impl Spares {
-    /// As many as the stack pool keeps hot stacks: ~3 MiB.
-    const LIMIT: usize = 16_384;
-
-    /// The `Inner` of a new (not main) greenlet: a spare one if there is one.
-    #[inline]
-    fn alloc(new: NewInner) -> Rc<Inner> {
-        let spare = switch::try_with_thread(|t| {
-            let mut spares = t.spares.try_borrow_mut().ok()?;
-            let rc = spares.free.pop()?;
-            spares.low_water = spares.low_water.min(spares.free.len());
-            Some(rc)
-        });
-        if let Some(Some(mut rc)) = spare
-            && let Some(inner) = Rc::get_mut(&mut rc)
-        {
-            // Field by field: a spare's `parent`, `name`, `co` and `lazy` are empty (see
-            // `put`), so nothing is dropped here, and nothing else needs resetting.
-            inner.id = new.id;
-            inner.name = new.name;
-            inner.spawned_at = Some(new.spawned_at);
-            inner.stack_size = new.stack_size;
-            *inner.parent.get_mut() = Some(new.parent);
-            inner.state.set(State::Unstarted);
-            *inner.co.get_mut() = new.co;
-            inner.lazy.set(new.lazy);
-            inner.yielder.set(std::ptr::null());
-            inner.forced_by.set(std::ptr::null());
-            inner.forced_switches.set(0);
-            inner.killed_unwinding.set(false);
-            return rc;
-        }
-        let rc = Rc::new(Inner {
-            id: new.id,
-            is_main: false,
-            name: new.name,
-            spawned_at: Some(new.spawned_at),
-            stack_size: new.stack_size,
-            parent: RefCell::new(Some(new.parent)),
-            state: Cell::new(State::Unstarted),
-            co: RefCell::new(new.co),
-            lazy: Cell::new(new.lazy),
-            yielder: Cell::new(std::ptr::null()),
-            forced_by: Cell::new(std::ptr::null()),
-            forced_switches: Cell::new(0),
-            killed_unwinding: Cell::new(false),
-            registered: Cell::new(usize::MAX),
-        });
-        switch::register(&rc);
-        rc
-    }
-
-    /// Keeps the allocation of a dead greenlet's `Inner` for reuse, if there is room: the
-    /// spares take a handle to it, so `rc` (being dropped) is no longer its last.
-    #[inline(never)]
-    fn put(rc: &mut Rc<Inner>) {
-        let Some(inner) = Rc::get_mut(rc) else {
-            return; // not the last handle, or a weak one is around
-        };
-        if inner.is_main || inner.co.get_mut().is_some() {
-            return;
-        }
-        // A spare holds nothing: its parent is released (last, below) and its name freed.
-        let parent = inner.parent.get_mut().take();
-        inner.name = None;
-        drop(switch::take_lazy(inner));
-        switch::try_with_thread(|t| {
-            if let Ok(mut spares) = t.spares.try_borrow_mut()
-                && spares.free.len() < Spares::LIMIT
-            {
-                spares.free.push(rc.clone());
-            }
-        });
-        drop(parent); // may kill the parent (its last handle), which runs user code
-    }
-
-    /// Frees the spares that nobody took since the previous trim.
-    pub(crate) fn trim(&mut self) {
-        let unused = self.low_water.min(self.free.len());
-        self.free.drain(..unused);
-        self.low_water = self.free.len();
-    }
-}
-
 impl PartialEq for Greenlet {
     fn eq(&self, other: &Self) -> bool {
         Rc::ptr_eq(&self.inner, &other.inner)
@@ -647,128 +545,4 @@ pub(crate) fn trim_stack_pool() {
         t.pool.borrow_mut().trim();
         t.spares.borrow_mut().trim();
     });
-}
-
-/// Configures a greenlet before creating it: name, stack size, parent.
-#[derive(Default)]
-pub struct Builder {
-    name: Option<String>,
-    stack_size: Option<usize>,
-    parent: Option<Greenlet>,
-}
-
-impl Builder {
-    /// A builder with no name, the thread's default stack size, and the running greenlet
-    /// as the parent.
-    pub fn new() -> Builder {
-        Builder::default()
-    }
-
-    /// Names the greenlet (shown in reports and `Debug`).
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// The usable stack size in bytes (rounded up to pages, at least [`MIN_STACK_SIZE`]).
-    pub fn stack_size(mut self, bytes: usize) -> Builder {
-        self.stack_size = Some(bytes);
-        self
-    }
-
-    /// The parent (default: the running greenlet).
-    pub fn parent(mut self, parent: &Greenlet) -> Builder {
-        self.parent = Some(parent.clone());
-        self
-    }
-
-    /// Creates the greenlet; see [`Greenlet::new`].
-    ///
-    /// # Panics
-    /// If no stack can be mapped (out of memory).
-    #[track_caller]
-    pub fn build<F, T>(self, f: F) -> Greenlet
-    where
-        F: FnOnce(Value) -> Result<T, Error> + 'static,
-        T: Any,
-    {
-        self.build_at(Location::caller(), f)
-    }
-
-    /// [`build`](Builder::build), recording `spawned_at` as the place it was created
-    /// (for layers that create greenlets on a user's behalf, from inside a closure).
-    pub(crate) fn build_at<F, T>(self, spawned_at: &'static Location<'static>, f: F) -> Greenlet
-    where
-        F: FnOnce(Value) -> Result<T, Error> + 'static,
-        T: Any,
-    {
-        let parent = self.parent.unwrap_or_else(switch::current);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let mut stack = switch::with_thread(|t| {
-            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
-            t.pool.borrow_mut().get(size)
-        })
-        .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
-        let name = self.name.map(String::into_boxed_str);
-        stack.set_owner(id, name.as_deref().unwrap_or(""));
-        let stack_size = stack.usable_size();
-        let co = switch::new_coroutine(stack, move |v| f(v).map(Value::new));
-        Greenlet::from_rc(Spares::alloc(NewInner {
-            id,
-            name,
-            spawned_at,
-            stack_size,
-            parent,
-            co: Some(co),
-            lazy: None,
-        }))
-    }
-
-    /// Like [`build_at`](Builder::build_at) for a greenlet that runs `body`, which it holds
-    /// weakly until it starts (if `body` is gone by then, it returns `()` at once).
-    ///
-    /// Its stack is taken from the pool at its first switch, if the pool has a free stack
-    /// for it then (more free stacks than greenlets waiting so): greenlets that are spawned
-    /// in a batch and run one after another then all run on the same warm stack. Else
-    /// (the pool would have to map and touch a new stack) it takes its stack now, so that
-    /// this cost stays with the code that spawns, not the hub that runs it.
-    ///
-    /// # Panics
-    /// If no stack can be mapped (out of memory, or a stack size too large).
-    pub(crate) fn build_lazy(
-        self,
-        spawned_at: &'static Location<'static>,
-        body: Weak<dyn LazyBody>,
-    ) -> Greenlet {
-        let parent = self.parent.unwrap_or_else(switch::current);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let name = self.name.map(String::into_boxed_str);
-        let cannot_map =
-            |e| -> ! { panic!("greenhub: cannot map a stack for a new greenlet: {e}") };
-        let (stack_size, co, lazy) = switch::with_thread(|t| {
-            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
-            let usable = stack::usable_size_for(size).unwrap_or_else(|e| cannot_map(e));
-            let waiting = t.lazy_waiting.get();
-            if t.pool.borrow().free_count(usable) > waiting {
-                t.lazy_waiting.set(waiting + 1);
-                return (usable, None, Some(body));
-            }
-            let stack = t.pool.borrow_mut().get(usable);
-            (usable, Some((stack, body)), None)
-        });
-        let co = co.map(|(stack, body)| {
-            let mut stack = stack.unwrap_or_else(|e| cannot_map(e));
-            stack.set_owner(id, name.as_deref().unwrap_or(""));
-            switch::lazy_coroutine(stack, body)
-        });
-        Greenlet::from_rc(Spares::alloc(NewInner {
-            id,
-            name,
-            spawned_at,
-            stack_size,
-            parent,
-            co,
-            lazy,
-        }))
-    }
 }
