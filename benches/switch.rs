@@ -22,6 +22,7 @@ fn best_ns(iters: u64, mut round: impl FnMut(u64) -> Duration) -> f64 {
 }
 
 /// The peer of `switch(())`: a resume and a suspend that pass `()` both ways.
+#[inline(never)] // one frame per figure, for profilers
 fn raw_corosensei_unit_pair(iters: u64) -> f64 {
     let mut co: Coroutine<(), (), ()> = Coroutine::new(|y, ()| {
         loop {
@@ -41,6 +42,7 @@ fn raw_corosensei_unit_pair(iters: u64) -> f64 {
 
 /// A resume and a suspend that pass a `u64` each way (what this bench compared against
 /// before: corosensei moves the values through registers, so it costs a little more).
+#[inline(never)] // one frame per figure, for profilers
 fn raw_corosensei_u64_pair(iters: u64) -> f64 {
     let mut co: Coroutine<u64, u64, ()> = Coroutine::new(|y, mut v| {
         loop {
@@ -66,6 +68,7 @@ fn raw_corosensei_u64_pair(iters: u64) -> f64 {
     ns
 }
 
+#[inline(never)] // one frame per figure, for profilers
 fn greenlet_round_trip(iters: u64) -> f64 {
     let main = getcurrent();
     let g = Greenlet::new(move |_| -> Result<(), greenhub::Error> {
@@ -82,6 +85,7 @@ fn greenlet_round_trip(iters: u64) -> f64 {
     })
 }
 
+#[inline(never)] // one frame per figure, for profilers
 fn greenlet_create_run_finish_pooled(iters: u64) -> f64 {
     best_ns(iters, |n| {
         let t = Instant::now();
@@ -95,6 +99,7 @@ fn greenlet_create_run_finish_pooled(iters: u64) -> f64 {
 
 /// Every greenlet gets a never-touched stack: `n` are created (and hold their stacks) before
 /// any runs. A stack size used nowhere else keeps the pool from handing back warm stacks.
+#[inline(never)] // one frame per figure, for profilers
 fn greenlet_create_run_finish_fresh(iters: u64) -> f64 {
     let mut size = 72 * 1024;
     best_ns(iters, |n| {
@@ -113,6 +118,7 @@ fn greenlet_create_run_finish_fresh(iters: u64) -> f64 {
 
 /// The peer for a fresh stack: corosensei's own default stack (one mmap + mprotect + munmap
 /// per coroutine).
+#[inline(never)] // one frame per figure, for profilers
 fn corosensei_create_run_finish_default_stack(iters: u64) -> f64 {
     best_ns(iters, |n| {
         let t = Instant::now();

@@ -145,6 +145,7 @@ impl Stack {
 }
 
 impl Drop for Stack {
+    #[inline]
     fn drop(&mut self) {
         // `try_borrow_mut` cannot fail (the pool never drops a `Stack` while borrowed);
         // if it ever did, leaking the slot is the safe choice.

@@ -142,6 +142,7 @@ impl StackPool {
     /// memory until [`trim`](StackPool::trim) finds them unused for a whole interval, or
     /// more than [`HOT_LIMIT`] of a size are free; then they get `MADV_DONTNEED` over
     /// their usable part, 64 at a time, and stay in the free list.
+    #[inline]
     pub(crate) fn put(&mut self, stack: Stack) {
         drop(stack);
     }
@@ -233,6 +234,7 @@ impl PoolInner {
     }
 
     /// Takes back the slot `slot` of class `ci` (a [`Stack`] being dropped).
+    #[inline]
     pub(super) fn release(&mut self, ci: usize, slot: usize) {
         self.in_use -= 1;
         let (guard, hot_limit) = (self.guard, self.hot_limit);

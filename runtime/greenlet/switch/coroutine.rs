@@ -72,6 +72,7 @@ pub(super) fn finished(ti: &Inner) {
 }
 
 /// Gives a finished (or never-started) coroutine's stack back to the thread's pool.
+#[inline]
 pub(crate) fn recycle(mut co: Co) {
     co.force_unwind(); // no-op when finished; drops the closure when never started
     let stack = co.into_stack();
@@ -98,19 +99,12 @@ where
         // SAFETY: our resumer set `current` to us and keeps us alive while we run.
         let me: &Inner = unsafe { &*h.current.get() };
         me.yielder.set(yielder);
-        // The first message is taken at once; a traced one is delivered inside the catch
-        // below, so that a kill reaching the trace hook kills this greenlet.
-        let first = h.take_value(me).ok_or_else(|| h.take());
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let value = match first {
-                Ok(v) => v,
-                Err(msg) => match arrive(msg) {
-                    Payload::Value(v) => v,
-                    _ => unreachable!("errors thrown into unstarted greenlets never start them"),
-                },
-            };
-            f(value)
-        }));
+        // The first message is taken at once; a traced one runs the trace hook, where
+        // this greenlet may be killed before its function starts.
+        let outcome = match h.take_value(me) {
+            Some(v) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(v))),
+            None => start_traced(h.take(), f),
+        };
         let payload = match outcome {
             Ok(Ok(v)) => Payload::Value(v),
             Ok(Err(e)) => Payload::Throw(Box::new(e)),
@@ -144,6 +138,23 @@ where
             payload,
         });
     })
+}
+
+/// The start of a greenlet whose first message is not a plain value for it (it carries
+/// a trace origin, or a handle to drop): the message lands (the trace hook runs), then
+/// `f` runs with its value, all inside one catch, so that a kill or panic in the hook or
+/// in drop glue ends the greenlet like one in `f`. (Out of line: the plain start's code
+/// stays as lean as before.)
+#[cold]
+#[inline(never)]
+fn start_traced<F>(msg: Msg, f: F) -> std::thread::Result<Result<Value, Error>>
+where
+    F: FnOnce(Value) -> Result<Value, Error>,
+{
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match arrive(msg) {
+        Payload::Value(v) => f(v),
+        _ => unreachable!("errors thrown into unstarted greenlets never start them"),
+    }))
 }
 
 /// `me`'s parent if it is in the resume chain (`Resuming`): alive until a message sent

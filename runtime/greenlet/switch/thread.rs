@@ -73,11 +73,13 @@ impl ThreadState {
 ///
 /// # Panics
 /// If called while the thread is being torn down.
+#[inline]
 pub(crate) fn with_thread<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
     THREAD.with(f)
 }
 
 /// Like [`with_thread`], but `None` once the thread state has been destroyed.
+#[inline]
 pub(crate) fn try_with_thread<R>(f: impl FnOnce(&ThreadState) -> R) -> Option<R> {
     THREAD.try_with(f).ok()
 }
