@@ -32,7 +32,8 @@ impl Builder {
         self
     }
 
-    /// The usable stack size in bytes (rounded up to pages, at least [`MIN_STACK_SIZE`](super::MIN_STACK_SIZE)).
+    /// The usable stack size in bytes (rounded up to pages, at least
+    /// [`MIN_STACK_SIZE`](super::MIN_STACK_SIZE)).
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         self.stack_size = Some(bytes);
         self

@@ -86,8 +86,9 @@ fn install_guard(mode: GuardMode, addr: usize, len: usize) -> io::Result<()> {
 
 /// Makes the first page of each of the `count` slots of `slot_size` bytes from `first`
 /// a guard page (`guard` bytes); `count` is at most [`MAX_BATCH`]. Returns how many
-/// leading slots got their guard, or the error if not even the first did. With `madvise` guards, all of them take one
-/// `process_madvise` call where the kernel allows it.
+/// leading slots got their guard, or the error if not even the first did. With
+/// `madvise` guards, all of them take one `process_madvise` call where the kernel
+/// allows it.
 pub(super) fn install_guards(
     mode: GuardMode,
     first: usize,

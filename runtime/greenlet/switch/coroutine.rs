@@ -57,7 +57,8 @@ pub(crate) fn take_lazy(ti: &Inner) -> Option<Weak<dyn LazyBody>> {
     body
 }
 
-/// One greenlet fewer waits for its stack (see [`ThreadState::lazy_waiting`](super::thread::ThreadState::lazy_waiting)).
+/// One greenlet fewer waits for its stack (see
+/// [`ThreadState::lazy_waiting`](super::thread::ThreadState::lazy_waiting)).
 pub(crate) fn lazy_gone() {
     try_with_thread(|t| t.lazy_waiting.set(t.lazy_waiting.get() - 1));
 }

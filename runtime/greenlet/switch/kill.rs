@@ -47,9 +47,9 @@ pub(crate) fn kill_on_drop(g: &Greenlet) {
 }
 
 /// Kills `g` (suspended, and alive after one kill) once more, with its switches failing
-/// meanwhile (see `router::refuse_switch`), so that the unwind runs to its end. If it catches
-/// that unwind as well, it cannot be ended: its stack is leaked, with a report, rather
-/// than left to spin.
+/// meanwhile (see `router::refuse_switch`), so that the unwind runs to its end. If it
+/// catches that unwind as well, it cannot be ended: its stack is leaked, with a report,
+/// rather than left to spin.
 #[cold]
 fn force_kill(me: &Greenlet, g: &Greenlet) {
     let gi: &Inner = &g.inner;

@@ -27,7 +27,8 @@ pub(crate) enum Payload {
 pub(crate) struct Msg {
     /// The greenlet it goes to, from `Rc::as_ptr` (so a handle can be made from it).
     /// Alive: held by `keep`, or (when `keep` is `None`) by the `&Greenlet` of the
-    /// [`send`](super::router::send) call that made the message, or by the resume chain (module docs).
+    /// [`send`](super::router::send) call that made the message, or by the resume chain
+    /// (module docs).
     pub(super) target: *const Inner,
     /// A handle to `target` owned by the message, when nothing else is known to keep
     /// it alive (a rerouted message, a dying greenlet's result). When `Some`, `target`

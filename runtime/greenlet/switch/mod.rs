@@ -3,9 +3,11 @@
 //!
 //! Every greenlet's stack is, when it is not running, paused in exactly one place:
 //!
-//! * in `Yielder::suspend` ([`State::Suspended`](super::State::Suspended)): it can be resumed from anywhere;
-//! * in `Coroutine::resume` ([`State::Resuming`](super::State::Resuming)): it is an ancestor of the running
-//!   greenlet in the *resume chain* (the main greenlet is always its root).
+//! * in `Yielder::suspend` ([`State::Suspended`](super::State::Suspended)): it can be
+//!   resumed from anywhere;
+//! * in `Coroutine::resume` ([`State::Resuming`](super::State::Resuming)): it is an
+//!   ancestor of the running greenlet in the *resume chain* (the main greenlet is
+//!   always its root).
 //!
 //! A switch to a suspended greenlet is one `resume` from where we are; a switch to a
 //! greenlet in the chain is one `suspend` per level it sits above us. So the common

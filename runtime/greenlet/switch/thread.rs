@@ -1,6 +1,7 @@
-//! The per-thread state: [`Hot`] (the running greenlet and the mailbox, reached with one
-//! thread-pointer offset) and [`ThreadState`] (the main greenlet, the stack pool, the
-//! spare greenlet records and the registry of every record).
+//! The per-thread state: this thread's [`Hot`] (the running greenlet and the mailbox,
+//! reached with one thread-pointer offset; the type is in `mailbox`) and its
+//! [`ThreadState`] (the main greenlet, the stack pool, the spare greenlet records and the
+//! registry of every record).
 
 use std::cell::{Cell, RefCell};
 use std::ptr;
