@@ -1275,3 +1275,52 @@ fn a_killed_greenlet_that_retries_a_hooked_call_does_not_spin() {
     server.join_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(accepted.get(), 1);
 }
+
+/// Runs its closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+#[test]
+fn a_hooked_read_in_a_destructor_of_a_greenlet_killed_by_force_fails_instead_of_blocking() {
+    patched();
+    greenhub::sleep(Duration::ZERO); // this thread has a hub
+    let (client, server) = pair();
+    // Data comes only after 2 s: a read that really blocks would return it then.
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = (&server).write_all(b"x");
+        server
+    });
+    let seen: Rc<Cell<Option<i32>>> = Rc::default();
+    let out = seen.clone();
+    let main = greenhub::getcurrent();
+    let g = greenhub::Greenlet::new(move |_| {
+        let _guard = OnDrop(move || {
+            let mut byte = [0_u8; 1];
+            out.set(Some(match (&client).read(&mut byte) {
+                Ok(n) => n as i32,
+                Err(e) => -e.raw_os_error().unwrap_or(0),
+            }));
+        });
+        // The first kill is caught; the switch back makes the dropper kill again, by
+        // force, and the guard's read runs while that kill unwinds the stack.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| main.switch(())));
+        let _ = main.switch(());
+        Ok(())
+    });
+    g.switch(()).unwrap();
+    let t = Instant::now();
+    drop(g); // returns: no abort, and no read that waits for the late data
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(seen.get(), Some(-libc::ECANCELED));
+    drop(late.join().unwrap());
+}

@@ -83,15 +83,17 @@ pub(crate) fn thread_hub_id() -> u32 {
 }
 
 /// This thread's hub, if the running greenlet can block on it: the thread has a hub
-/// (made and not torn down), and the running greenlet is neither the hub itself nor
-/// being unwound by force. Never creates anything.
+/// (made and not torn down), and the running greenlet is not the hub itself. (A greenlet
+/// being killed by force parks too: its switch away fails, or gives it up to its killer,
+/// which leaks its stack — never a real blocking call that could hang the thread.)
+/// Never creates anything.
 pub(crate) fn cooperative_hub() -> Option<Rc<Hub>> {
     if thread_hub_id() == 0 {
         return None;
     }
     let hub = HUB.try_with(|cell| cell.get().cloned()).ok().flatten()?;
     let me = crate::greenlet::signal_safe_identity().id;
-    if me == 0 || me == hub.greenlet.id() || crate::greenlet::is_forced_unwind() {
+    if me == 0 || me == hub.greenlet.id() {
         return None;
     }
     Some(hub)
@@ -126,26 +128,11 @@ pub(crate) fn no_unwind<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Er
     match outcome {
         Ok(r) => r,
         Err(payload) if payload.is::<GreenletExit>() => {
-            if crate::greenlet::is_forced_unwind() {
-                // The stack is being dropped under a C frame: it cannot be unwound.
-                eprintln!(
-                    "greenhub: a greenlet blocked in a hooked libc call cannot be unwound by \
-                     force (its stack has C frames); aborting"
-                );
-                std::process::abort();
-            }
             task.kill_pending.set(true);
             task.kill_reported.set(true);
             Err(Error::Killed)
         }
         Err(payload) => {
-            if crate::greenlet::is_forced_unwind() {
-                eprintln!(
-                    "greenhub: a greenlet blocked in a hooked libc call cannot be unwound by \
-                     force (its stack has C frames); aborting"
-                );
-                std::process::abort();
-            }
             let msg =
                 crate::error::panic_payload_str(payload.as_ref()).unwrap_or("<non-string payload>");
             eprintln!(
