@@ -1,0 +1,488 @@
+//! The libc hooks of `greenhub::monkey`, measured against their peers in the same run:
+//!
+//! 1. **Pass-through cost.** A 1-byte `write` + `read` on a pipe from a plain thread,
+//!    through the hooked `libc::write`/`libc::read`, against the same system calls made
+//!    with `libc::syscall` (no hook, no glibc wrapper) — before `patch_all()` (the hooks
+//!    dormant) and after (on, but not applying to a thread without a hub). Also shown:
+//!    glibc's own `write`/`read` reached through `dlsym(RTLD_NEXT, ..)`.
+//! 2. **Echo server.** The unmodified std thread-per-connection echo server (std
+//!    `TcpListener`/`TcpStream`, only `thread::spawn` changed to `greenhub::spawn`) under
+//!    the hooks, against the same server written on `greenhub::net` (`StreamServer`, one
+//!    hub): 1,000 connections, 64-byte and 4 KiB messages, driven by `benches/echo.rs`'s
+//!    closed-loop client in a separate process (this binary again, `--role-client`).
+//! 3. **1,000 concurrent ureq GETs** of a local server that answers after 50 ms: a
+//!    greenlet per request with the hooks, a thread per request, and one after another.
+//!    Sequential is sampled on 20 requests and scaled to 1,000 (the full run would take
+//!    about 50 s per round).
+//!
+//! `cargo bench --features monkey --bench monkey` (add `-- --quick` for a short run).
+//! Rounds interleave the peers so that a noisy moment does not fall on one only; each
+//! figure is the best of its rounds. Prints a table and `BENCH <name> <value> <unit>` lines.
+
+#[path = "../examples/support/load.rs"]
+mod load;
+#[path = "../examples/support/peers.rs"]
+mod peers;
+#[path = "../examples/support/slow_http.rs"]
+mod slow_http;
+
+use std::ffi::c_void;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Pipe round trips per timed round.
+const PIPE_ITERS: u64 = 300_000;
+const ECHO_CONNS: usize = 1_000;
+const ECHO_SIZES: [usize; 2] = [64, 4096];
+const GETS: usize = 1_000;
+const GET_LATENCY: Duration = Duration::from_millis(50);
+/// Sequential GETs actually made per round (scaled to `GETS`).
+const SEQUENTIAL_SAMPLE: usize = 20;
+
+struct Settings {
+    pipe_rounds: usize,
+    echo_rounds: usize,
+    echo_warmup: Duration,
+    echo_measure: Duration,
+    get_rounds: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--role-client") {
+        echo_client(&args[i + 1..]);
+        return;
+    }
+    let s = if args.iter().any(|a| a == "--quick") {
+        Settings {
+            pipe_rounds: 3,
+            echo_rounds: 1,
+            echo_warmup: Duration::from_millis(200),
+            echo_measure: Duration::from_millis(500),
+            get_rounds: 1,
+        }
+    } else {
+        Settings {
+            pipe_rounds: 7,
+            echo_rounds: 3,
+            echo_warmup: Duration::from_millis(500),
+            echo_measure: Duration::from_millis(1500),
+            get_rounds: 3,
+        }
+    };
+    let mut bench = Vec::new();
+
+    // 1. Pass-through cost, dormant (before patch_all) and then patched.
+    let dormant = on_plain_thread(move || pipe_round_trips(s.pipe_rounds));
+    assert!(
+        greenhub::monkey::patch_all(),
+        "patch_all() did not turn the hooks on (GREENHUB_MONKEY=off?): nothing to measure"
+    );
+    let patched = on_plain_thread(move || pipe_round_trips(s.pipe_rounds));
+
+    // 2. The echo servers.
+    let echo = echo_servers(&s);
+
+    // 3. ureq GETs.
+    let gets = ureq_gets(&s);
+
+    println!();
+    println!("| what | hooks | peer | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (when, p) in [
+        ("before patch_all", &dormant),
+        ("after patch_all", &patched),
+    ] {
+        println!(
+            "| pipe write+read, plain thread, {when} | {:.0} ns | {:.0} ns (`libc::syscall`); glibc {:.0} ns | {:.3}x |",
+            p.hooked,
+            p.syscall,
+            p.glibc,
+            p.hooked / p.syscall
+        );
+    }
+    for e in &echo {
+        println!(
+            "| echo, {} connections x {} B | {} req/s (std server, hooked) | {} req/s (`greenhub::net`) | {:.2}x |",
+            load::thousands(ECHO_CONNS as u64),
+            e.size,
+            load::thousands(e.hooked as u64),
+            load::thousands(e.net as u64),
+            e.hooked / e.net.max(1e-9)
+        );
+    }
+    println!(
+        "| {} ureq GETs ({} ms each) | {} (greenlets) | {} (thread each); {} (sequential, from {} scaled) | {:.2}x of threads |",
+        load::thousands(GETS as u64),
+        GET_LATENCY.as_millis(),
+        load::fmt_dur(gets.greenlets),
+        load::fmt_dur(gets.threads),
+        load::fmt_dur(gets.sequential),
+        SEQUENTIAL_SAMPLE,
+        gets.threads.as_secs_f64() / gets.greenlets.as_secs_f64()
+    );
+    println!();
+
+    for (key, p) in [("dormant", &dormant), ("patched", &patched)] {
+        bench.push(format!("monkey_pipe_{key}_hooked {:.1} ns", p.hooked));
+        bench.push(format!("monkey_pipe_{key}_syscall {:.1} ns", p.syscall));
+        bench.push(format!("monkey_pipe_{key}_glibc {:.1} ns", p.glibc));
+        bench.push(format!(
+            "monkey_pipe_{key}_ratio_hooked_syscall {:.3} x",
+            p.hooked / p.syscall
+        ));
+    }
+    for e in &echo {
+        let name = format!("monkey_echo_{}c_{}b", ECHO_CONNS, e.size);
+        bench.push(format!("{name}_hooked_std_rps {:.0} req/s", e.hooked));
+        bench.push(format!("{name}_greenhub_net_rps {:.0} req/s", e.net));
+        bench.push(format!(
+            "{name}_ratio_hooked_net {:.3} x",
+            e.hooked / e.net.max(1e-9)
+        ));
+        if e.errors > 0 {
+            bench.push(format!("{name}_errors {} count", e.errors));
+        }
+    }
+    bench.push(format!(
+        "monkey_ureq_{GETS}_greenlets {:.1} ms",
+        gets.greenlets.as_secs_f64() * 1e3
+    ));
+    bench.push(format!(
+        "monkey_ureq_{GETS}_threads {:.1} ms",
+        gets.threads.as_secs_f64() * 1e3
+    ));
+    bench.push(format!(
+        "monkey_ureq_{GETS}_sequential_scaled {:.1} ms",
+        gets.sequential.as_secs_f64() * 1e3
+    ));
+    bench.push(format!(
+        "monkey_ureq_{GETS}_ratio_threads_greenlets {:.2} x",
+        gets.threads.as_secs_f64() / gets.greenlets.as_secs_f64()
+    ));
+    bench.push(format!(
+        "monkey_ureq_{GETS}_ratio_sequential_greenlets {:.1} x",
+        gets.sequential.as_secs_f64() / gets.greenlets.as_secs_f64()
+    ));
+    for line in bench {
+        println!("BENCH {line}");
+    }
+}
+
+/// Runs `f` on a new thread that never gets a hub.
+fn on_plain_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("the bench thread")
+}
+
+// ---- 1. pipe round trips ----
+
+/// ns per 1-byte write + read, best of the rounds, for each way of calling.
+struct PipeCost {
+    hooked: f64,
+    syscall: f64,
+    glibc: f64,
+}
+
+type IoFn = unsafe extern "C" fn(i32, *mut c_void, usize) -> isize;
+
+/// glibc's `name`, the definition after this binary's (the hook's) in lookup order.
+fn glibc_fn(name: &std::ffi::CStr) -> IoFn {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name only looks a symbol up.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    assert!(!p.is_null(), "dlsym({name:?}) found nothing");
+    // SAFETY: glibc's read and write have this signature (write's buffer is const, which
+    // the ABI does not distinguish).
+    unsafe { std::mem::transmute::<*mut c_void, IoFn>(p) }
+}
+
+fn pipe_round_trips(rounds: usize) -> PipeCost {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two descriptors into the array we pass.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    let (r, w) = (fds[0], fds[1]);
+    let (glibc_read, glibc_write) = (glibc_fn(c"read"), glibc_fn(c"write"));
+    let mut byte = 7u8;
+    let buf = (&raw mut byte).cast::<c_void>();
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..PIPE_ITERS {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1e9 / PIPE_ITERS as f64
+    };
+    // SAFETY (each closure): `buf` points at `byte`, one byte that lives for the whole
+    // function; `r` and `w` are the pipe's ends, open until the end of the function; the
+    // pipe holds at most one byte at a time, so no call blocks.
+    let mut hooked = || unsafe {
+        assert_eq!(libc::write(w, buf, 1), 1);
+        assert_eq!(libc::read(r, buf, 1), 1);
+    };
+    let mut syscall = || unsafe {
+        assert_eq!(libc::syscall(libc::SYS_write, w, buf, 1usize), 1);
+        assert_eq!(libc::syscall(libc::SYS_read, r, buf, 1usize), 1);
+    };
+    let mut glibc = || unsafe {
+        assert_eq!(glibc_write(w, buf, 1), 1);
+        assert_eq!(glibc_read(r, buf, 1), 1);
+    };
+    let mut best = PipeCost {
+        hooked: f64::INFINITY,
+        syscall: f64::INFINITY,
+        glibc: f64::INFINITY,
+    };
+    time(&mut hooked); // warm-up
+    for round in 1..=rounds {
+        let (h, s, g) = (time(&mut hooked), time(&mut syscall), time(&mut glibc));
+        eprintln!("pipe round {round}: hooked {h:.0} ns, syscall {s:.0} ns, glibc {g:.0} ns");
+        best.hooked = best.hooked.min(h);
+        best.syscall = best.syscall.min(s);
+        best.glibc = best.glibc.min(g);
+    }
+    // SAFETY: closing the two descriptors pipe() gave us, used by nothing else.
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+    best
+}
+
+// ---- 2. echo servers ----
+
+struct EchoCell {
+    size: usize,
+    hooked: f64,
+    net: f64,
+    errors: u64,
+}
+
+/// `peers::std_threads` with `thread::spawn` changed to `greenhub::spawn`: std sockets,
+/// a greenlet per connection, on its own hub thread.
+fn start_hooked_std_echo() -> SocketAddr {
+    let listener = peers::std_listener("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::Builder::new()
+        .name("std-echo-hooked".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                greenhub::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+        .expect("server thread");
+    addr
+}
+
+fn echo_servers(s: &Settings) -> Vec<EchoCell> {
+    let hooked = start_hooked_std_echo();
+    let net_server = greenhub::net::StreamServer::threads(1)
+        .bind("127.0.0.1:0", peers::greenhub_echo)
+        .expect("greenhub server");
+    let net = net_server.local_addr();
+    let exe = std::env::current_exe().expect("own path");
+    let mut cells: Vec<EchoCell> = ECHO_SIZES
+        .iter()
+        .map(|&size| EchoCell {
+            size,
+            hooked: 0.0,
+            net: 0.0,
+            errors: 0,
+        })
+        .collect();
+    for round in 1..=s.echo_rounds {
+        for cell in &mut cells {
+            for (name, addr) in [("std+hooks", hooked), ("greenhub::net", net)] {
+                let (rps, errors) = run_echo_cell(&exe, addr, cell.size, s);
+                eprintln!(
+                    "echo round {round}: {ECHO_CONNS} conns {:>5} B {name:<14} {rps:>9.0} req/s{}",
+                    cell.size,
+                    if errors > 0 {
+                        format!(" ({errors} errors)")
+                    } else {
+                        String::new()
+                    }
+                );
+                cell.errors += errors;
+                let best = if addr == hooked {
+                    &mut cell.hooked
+                } else {
+                    &mut cell.net
+                };
+                *best = best.max(rps);
+                // Let the server finish closing the last cell's connections.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    drop(net_server);
+    cells
+}
+
+/// One cell in a client process: returns requests/s and the client's error count.
+fn run_echo_cell(exe: &std::path::Path, addr: SocketAddr, size: usize, s: &Settings) -> (f64, u64) {
+    let failed = |why: String| {
+        eprintln!("echo: {ECHO_CONNS} connections x {size} B to {addr}: {why}");
+        (0.0, ECHO_CONNS as u64)
+    };
+    let child = Command::new(exe)
+        .args([
+            "--role-client".to_string(),
+            addr.to_string(),
+            ECHO_CONNS.to_string(),
+            size.to_string(),
+            s.echo_warmup.as_millis().to_string(),
+            s.echo_measure.as_millis().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot start the client: {e}")),
+    };
+    let out = child.stdout.take().expect("piped stdout");
+    let line = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("RESULT ") || l.starts_with("ERROR "));
+    let _ = child.wait();
+    let Some(line) = line else {
+        return failed("the client printed no result".into());
+    };
+    if let Some(e) = line.strip_prefix("ERROR ") {
+        return failed(e.to_string());
+    }
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or("")
+    };
+    let requests: f64 = field("requests").parse().unwrap_or(0.0);
+    let secs: f64 = field("secs").parse().unwrap_or(1.0);
+    (requests / secs, field("errors").parse().unwrap_or(0))
+}
+
+/// The client process: `--role-client ADDR CONNS SIZE WARMUP_MS MEASURE_MS`; the
+/// closed-loop client of `benches/echo.rs` (`load::bench_client`, on `greenhub::net`;
+/// this process never calls `patch_all`).
+fn echo_client(args: &[String]) {
+    let parse = |i: usize| -> u64 { args.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let Some(addr) = args.first().and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        println!("ERROR bad client arguments {args:?}");
+        return;
+    };
+    match load::bench_client(
+        addr,
+        parse(1) as usize,
+        parse(2) as usize,
+        Duration::from_millis(parse(3)),
+        Duration::from_millis(parse(4)),
+    ) {
+        Ok(r) => {
+            if let Some(e) = &r.first_error {
+                eprintln!("echo client: {} errors; the first: {e}", r.errors);
+            }
+            println!(
+                "RESULT requests={} secs={} errors={}",
+                r.requests, r.secs, r.errors
+            );
+        }
+        Err(e) => println!("ERROR {}", load::describe(&e)),
+    }
+}
+
+// ---- 3. ureq GETs ----
+
+struct GetTimes {
+    greenlets: Duration,
+    threads: Duration,
+    /// Scaled from `SEQUENTIAL_SAMPLE` requests to `GETS`.
+    sequential: Duration,
+}
+
+/// GETs `url` with ureq and checks the page.
+fn get(url: &str, path: &str) {
+    let body = ureq::get(url)
+        .call()
+        .and_then(|r| r.into_body().read_to_string())
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(body == slow_http::body_for(path), "GET {url}: wrong body");
+}
+
+fn ureq_gets(s: &Settings) -> GetTimes {
+    let server = slow_http::SlowHttp::start(GET_LATENCY).expect("the local HTTP server");
+    let base = server.url("");
+    let paths: Vec<String> = (0..GETS).map(|i| format!("/get/{i}")).collect();
+    let mut best = GetTimes {
+        greenlets: Duration::MAX,
+        threads: Duration::MAX,
+        sequential: Duration::MAX,
+    };
+    for round in 1..=s.get_rounds {
+        // Greenlets on a fresh hub thread, with the hooks.
+        let (b, p) = (base.clone(), paths.clone());
+        let greenlets = on_plain_thread(move || {
+            let t = Instant::now();
+            let jobs: Vec<_> = p
+                .into_iter()
+                .map(|path| {
+                    let url = format!("{b}{path}");
+                    greenhub::spawn(move || get(&url, &path))
+                })
+                .collect();
+            for j in jobs {
+                j.join().expect("a GET greenlet");
+            }
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+
+        // A thread per request (plain threads: the hooks pass through).
+        let t = Instant::now();
+        let threads: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                let (url, path) = (format!("{base}{path}"), path.clone());
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || get(&url, &path))
+                    .expect("spawn a request thread")
+            })
+            .collect();
+        for th in threads {
+            th.join().expect("a GET thread");
+        }
+        let threads = t.elapsed();
+        std::thread::sleep(Duration::from_millis(200));
+
+        // One after another on a plain thread, sampled.
+        let (b, p) = (base.clone(), paths.clone());
+        let sample = on_plain_thread(move || {
+            let t = Instant::now();
+            for path in &p[..SEQUENTIAL_SAMPLE] {
+                get(&format!("{b}{path}"), path);
+            }
+            t.elapsed()
+        });
+        let sequential = sample * (GETS / SEQUENTIAL_SAMPLE) as u32;
+        eprintln!(
+            "ureq round {round}: {GETS} GETs: greenlets {greenlets:?}, thread each {threads:?}, \
+             sequential {sequential:?} ({SEQUENTIAL_SAMPLE} took {sample:?})"
+        );
+        best.greenlets = best.greenlets.min(greenlets);
+        best.threads = best.threads.min(threads);
+        best.sequential = best.sequential.min(sequential);
+    }
+    best
+}

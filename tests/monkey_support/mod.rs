@@ -1,0 +1,140 @@
+//! Helpers shared by the tests that run third-party crates under the libc hooks: the slow
+//! local HTTP server, a ticker greenlet that measures how late the hub runs it, and a
+//! runner that fails a scenario that does not finish instead of hanging the test.
+#![allow(dead_code)] // each test file uses only some of these
+
+#[path = "../../examples/support/slow_http.rs"]
+pub mod slow_http;
+
+use std::any::Any;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use greenhub::JoinHandle;
+
+/// The ticker's period.
+pub const TICK: Duration = Duration::from_millis(10);
+/// How late a tick may be: a hub blocked by one slow call (200 ms here) misses by far more.
+pub const MAX_TICK_LATE: Duration = Duration::from_millis(50);
+
+/// What a [`Ticker`] saw.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticks {
+    /// Ticks completed.
+    pub count: u32,
+    /// The latest a tick woke past its period.
+    pub worst_late: Duration,
+}
+
+/// A greenlet that sleeps [`TICK`] in a loop and records how late each wake-up is.
+pub struct Ticker {
+    stop: Rc<Cell<bool>>,
+    handle: JoinHandle<Ticks>,
+}
+
+impl Ticker {
+    /// Spawns the ticker on this thread's hub.
+    pub fn start() -> Ticker {
+        let stop = Rc::new(Cell::new(false));
+        let flag = stop.clone();
+        let handle = greenhub::spawn(move || {
+            let mut ticks = Ticks {
+                count: 0,
+                worst_late: Duration::ZERO,
+            };
+            while !flag.get() {
+                let t = Instant::now();
+                greenhub::sleep(TICK);
+                ticks.worst_late = ticks.worst_late.max(t.elapsed().saturating_sub(TICK));
+                ticks.count += 1;
+            }
+            ticks
+        });
+        Ticker { stop, handle }
+    }
+
+    /// Stops the ticker and returns what it saw.
+    ///
+    /// # Panics
+    /// If the ticker greenlet failed.
+    pub fn stop(self) -> Ticks {
+        self.stop.set(true);
+        self.handle.join().expect("the ticker greenlet")
+    }
+}
+
+/// Asserts that `ticks` over `elapsed` show a hub that kept running the ticker.
+///
+/// # Panics
+/// If a tick was more than [`MAX_TICK_LATE`] late, or the ticker hardly ran.
+pub fn assert_ticked(what: &str, ticks: Ticks, elapsed: Duration) {
+    eprintln!(
+        "{what}: {} ticks in {elapsed:?}, the latest {:?} late",
+        ticks.count, ticks.worst_late
+    );
+    assert!(
+        ticks.worst_late <= MAX_TICK_LATE,
+        "{what}: the ticker woke {:?} late (at most {MAX_TICK_LATE:?} allowed): the hub was blocked",
+        ticks.worst_late
+    );
+    // Each tick takes at most TICK + MAX_TICK_LATE, so a running hub ticks at least this often.
+    let least = (elapsed.as_secs_f64() / (TICK + MAX_TICK_LATE).as_secs_f64()) as u32;
+    assert!(
+        ticks.count + 1 >= least,
+        "{what}: {} ticks in {elapsed:?}",
+        ticks.count
+    );
+}
+
+/// Runs `f` on a new thread (with its own hub) and returns its result; fails the test if
+/// `f` has not returned within `limit` (a hub blocked in a call that the hooks missed
+/// would otherwise hang the test). A panic in `f` is raised here.
+///
+/// # Panics
+/// On the time limit, or with `f`'s panic.
+pub fn run_bounded<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, finished) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(what.to_string())
+        .spawn(move || {
+            // Signals on return and on unwinding alike.
+            struct Signal(mpsc::Sender<()>);
+            impl Drop for Signal {
+                fn drop(&mut self) {
+                    let _ = self.0.send(());
+                }
+            }
+            let _signal = Signal(done);
+            f()
+        })
+        .expect("start the scenario's thread");
+    if finished.recv_timeout(limit).is_err() {
+        panic!("{what} did not finish within {limit:?}: a call blocked the hub?");
+    }
+    match thread.join() {
+        Ok(v) => v,
+        Err(panic) => resume(panic),
+    }
+}
+
+fn resume(panic: Box<dyn Any + Send>) -> ! {
+    std::panic::resume_unwind(panic)
+}
+
+/// Turns the hooks on for this process.
+///
+/// # Panics
+/// If they cannot be turned on (`GREENHUB_MONKEY=off` in the environment, say): these
+/// tests are about the hooks.
+pub fn patch() {
+    assert!(
+        greenhub::monkey::patch_all(),
+        "greenhub::monkey::patch_all() did not turn the hooks on (GREENHUB_MONKEY=off?)"
+    );
+}
