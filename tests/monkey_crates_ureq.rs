@@ -72,6 +72,18 @@ fn is_timeout(e: &ureq::Error) -> bool {
     }
 }
 
+/// A GET of `url` inside a `Timeout` of `deadline`: how long it took, whether the scope
+/// fired, and the body or (is it a timeout error, the error).
+fn get_under_timeout(
+    url: &str,
+    deadline: Duration,
+) -> (Duration, bool, Result<String, (bool, String)>) {
+    let t = Instant::now();
+    let scope = greenhub::Timeout::start(deadline);
+    let r = get(url).map_err(|e| (is_timeout(&e), e.to_string()));
+    (t.elapsed(), scope.fired(), r)
+}
+
 #[test]
 fn timeout_around_a_ureq_call_ends_within_a_tenth_of_its_deadline() {
     const DEADLINE: Duration = Duration::from_millis(1000);
@@ -82,30 +94,12 @@ fn timeout_around_a_ureq_call_ends_within_a_tenth_of_its_deadline() {
         patch();
         let in_greenlet = {
             let url = url.clone();
-            greenhub::spawn(move || {
-                let t = Instant::now();
-                let scope = greenhub::Timeout::start(DEADLINE);
-                let r = get(&url);
-                (
-                    t.elapsed(),
-                    scope.fired(),
-                    r.map_err(|e| (is_timeout(&e), e.to_string())),
-                )
-            })
-            .join()
-            .unwrap()
+            greenhub::spawn(move || get_under_timeout(&url, DEADLINE))
+                .join()
+                .unwrap()
         };
         // The thread's main greenlet runs the hub while it waits, as the twin API does.
-        let in_main = {
-            let t = Instant::now();
-            let scope = greenhub::Timeout::start(DEADLINE);
-            let r = get(&url);
-            (
-                t.elapsed(),
-                scope.fired(),
-                r.map_err(|e| (is_timeout(&e), e.to_string())),
-            )
-        };
+        let in_main = get_under_timeout(&url, DEADLINE);
         [
             ("a spawned greenlet", in_greenlet),
             ("the main greenlet", in_main),
