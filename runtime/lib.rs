@@ -24,12 +24,16 @@
 //! Layers, lowest first (a layer never imports a higher one): [`greenlet`] <- [`monitor`]
 //! (the blocking watchdog: below the hub, which starts it) <- [`hub`] <- [`time`],
 //! [`threadpool`], [`net`] (cooperative `std::net` twins and `StreamServer`), [`sync`]
-//! (events, queues, locks, greenlet-local data) <- [`pool`] (`Group`, `Pool`).
+//! (events, queues, locks, greenlet-local data), `monkey` (libc interposition, behind the
+//! `monkey` feature: unmodified blocking code becomes cooperative) <- [`pool`] (`Group`,
+//! `Pool`).
 
 mod error;
 pub mod greenlet;
 pub mod hub;
 pub mod monitor;
+#[cfg(feature = "monkey")]
+pub mod monkey;
 pub mod net;
 pub mod pool;
 pub mod sync;

@@ -22,19 +22,28 @@ pub enum Direction {
 }
 
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     /// The fd, for `dump()` (-1 when not known).
-    fd: i32,
-    readable: bool,
-    writable: bool,
+    pub(super) fd: i32,
+    pub(super) readable: bool,
+    pub(super) writable: bool,
     reader: Option<Waiter>,
     writer: Option<Waiter>,
+    /// Waits of the libc hooks (see `raw`): any number, in either or both directions.
+    pub(super) raw: Vec<RawWait>,
+}
+
+/// One hooked call's wait on a slot.
+pub(super) struct RawWait {
+    pub(super) waiter: Waiter,
+    pub(super) read: bool,
+    pub(super) write: bool,
 }
 
 #[derive(Default)]
 pub(crate) struct IoTable {
-    slots: RefCell<Slab<Slot>>,
-    waiting: Cell<usize>,
+    pub(super) slots: RefCell<Slab<Slot>>,
+    pub(super) waiting: Cell<usize>,
 }
 
 impl IoTable {
@@ -60,6 +69,28 @@ impl IoTable {
             if let Some(w) = slot.writer.take() {
                 w.wake(Wake::Io);
             }
+        }
+        if !slot.raw.is_empty() {
+            let (r, w) = (event.is_readable() || closed, event.is_writable() || closed);
+            // The woken stay listed (their waits end with them and clean up): no waiter
+            // is dropped while the table is borrowed.
+            for wait in &slot.raw {
+                if (wait.read && r) || (wait.write && w) {
+                    wait.waiter.wake(Wake::Io);
+                }
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Wakes every greenlet waiting on the slot (its fd is going away).
+    pub(super) fn wake_all(self) {
+        for w in [self.reader, self.writer].into_iter().flatten() {
+            w.wake(Wake::Io);
+        }
+        for wait in self.raw {
+            wait.waiter.wake(Wake::Io);
         }
     }
 }
@@ -99,9 +130,7 @@ impl Hub {
         let _ = self.poll.borrow().registry().deregister(source);
         let slot = self.io.slots.borrow_mut().try_remove(token);
         if let Some(slot) = slot {
-            for w in [slot.reader, slot.writer].into_iter().flatten() {
-                w.wake(Wake::Io);
-            }
+            slot.wake_all();
         }
     }
 

@@ -18,6 +18,7 @@
 
 mod dump;
 mod io;
+pub(crate) mod raw;
 mod remote;
 mod spawn;
 mod task;
@@ -115,6 +116,7 @@ impl Hub {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         crate::monitor::start();
+        raw::note_hub_thread();
         Rc::new(Hub {
             greenlet,
             main,

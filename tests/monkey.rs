@@ -1,0 +1,844 @@
+//! The libc hooks after `patch_all()`: unmodified std code (sleeps, `std::net`, `Command`)
+//! in greenlets cooperates, and keeps the blocking semantics it has without the hooks —
+//! timeouts, error codes, the user's view of the blocking mode, kills and closes.
+//!
+//! Every test turns the hooks on (idempotent); each runs on its own thread, with its own hub.
+#![cfg(feature = "monkey")]
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::process::Command;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use greenhub::{Error, JoinHandle, Timeout, spawn};
+
+fn patched() {
+    assert!(greenhub::monkey::patch_all(), "the hooks are on");
+}
+
+/// O_NONBLOCK as the kernel has it (the raw system call: no hook in between).
+fn kernel_nonblocking(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL reads the descriptor's flags.
+    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) } as i32;
+    assert!(fl >= 0, "F_GETFL failed");
+    fl & libc::O_NONBLOCK != 0
+}
+
+/// O_NONBLOCK as the user sees it (through the `fcntl` hook).
+fn user_nonblocking(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL reads the descriptor's flags.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(fl >= 0, "F_GETFL failed");
+    fl & libc::O_NONBLOCK != 0
+}
+
+/// A connected pair of std TCP streams on loopback, made on this thread.
+fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+/// An address where nothing listens.
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A greenlet that counts 10 ms ticks (of `greenhub::sleep`) until stopped.
+struct Ticker {
+    ticks: Rc<Cell<u32>>,
+    stop: Rc<Cell<bool>>,
+    handle: JoinHandle<()>,
+}
+
+impl Ticker {
+    fn start() -> Ticker {
+        let (ticks, stop) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+        let (t, s) = (ticks.clone(), stop.clone());
+        let handle = spawn(move || {
+            while !s.get() {
+                greenhub::sleep(Duration::from_millis(10));
+                t.set(t.get() + 1);
+            }
+        });
+        Ticker {
+            ticks,
+            stop,
+            handle,
+        }
+    }
+
+    fn ticks(&self) -> u32 {
+        self.ticks.get()
+    }
+
+    fn stop(self) -> u32 {
+        self.stop.set(true);
+        self.handle.join().unwrap();
+        self.ticks.get()
+    }
+}
+
+#[test]
+fn std_sleep_in_10000_greenlets_overlaps_and_still_blocks_a_plain_thread() {
+    patched();
+    let t = Instant::now();
+    let sleepers: Vec<_> = (0..10_000)
+        .map(|_| spawn(|| std::thread::sleep(Duration::from_millis(100))))
+        .collect();
+    for h in sleepers {
+        h.join().unwrap();
+    }
+    let took = t.elapsed();
+    eprintln!("10,000 greenlets in std::thread::sleep(100 ms): {took:?}");
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    // ~0.15 s on an idle machine (target: under 0.5 s); sequential would be 1,000 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "the sleeps did not overlap: {took:?}"
+    );
+
+    let plain = std::thread::spawn(|| {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(100));
+        t.elapsed()
+    });
+    assert!(plain.join().unwrap() >= Duration::from_millis(100));
+}
+
+#[test]
+fn std_sleep_in_a_greenlet_lets_the_others_run() {
+    patched();
+    let ticker = Ticker::start();
+    spawn(|| std::thread::sleep(Duration::from_millis(200)))
+        .join()
+        .unwrap();
+    let ticks = ticker.stop();
+    assert!(
+        ticks >= 5,
+        "the ticker ran only {ticks} times during the sleep"
+    );
+}
+
+#[test]
+fn the_main_greenlet_runs_the_hub_while_a_hooked_read_waits() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        greenhub::sleep(Duration::from_millis(50));
+        conn.write_all(b"late").unwrap();
+    });
+    // If the read blocked the thread, the server greenlet could never write: a deadlock.
+    let mut client = TcpStream::connect(addr).unwrap();
+    let mut buf = [0; 4];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"late");
+    server.join().unwrap();
+}
+
+#[test]
+fn an_unmodified_std_echo_exchange_between_greenlets() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn(move || {
+        for _ in 0..20 {
+            let (mut conn, _) = listener.accept().unwrap();
+            spawn(move || {
+                let mut buf = [0; 64];
+                loop {
+                    match conn.read(&mut buf).unwrap() {
+                        0 => break,
+                        n => conn.write_all(&buf[..n]).unwrap(),
+                    }
+                }
+            });
+        }
+    });
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                let msg = format!("hello {i}");
+                for _ in 0..10 {
+                    c.write_all(msg.as_bytes()).unwrap();
+                    let mut back = vec![0; msg.len()];
+                    c.read_exact(&mut back).unwrap();
+                    assert_eq!(back, msg.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn a_socket_the_user_made_non_blocking_gets_would_block() {
+    patched();
+    let (client, _server) = pair();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    spawn(move || {
+        client.set_nonblocking(true).unwrap();
+        let e = (&client).read(&mut [0; 8]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        assert!(user_nonblocking(client.as_raw_fd()));
+
+        listener.set_nonblocking(true).unwrap();
+        let e = listener.accept().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn so_rcvtimeo_gives_would_block_after_the_timeout_while_others_run() {
+    patched();
+    let (client, _server) = pair();
+    let ticker = Ticker::start();
+    let (kind, took) = spawn(move || {
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let t = Instant::now();
+        let e = (&client).read(&mut [0; 8]).unwrap_err();
+        (e.kind(), t.elapsed())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        kind,
+        ErrorKind::WouldBlock,
+        "std's answer for a socket timeout"
+    );
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let ticks = ticker.stop();
+    assert!(
+        ticks >= 5,
+        "the read blocked the hub (ticker ran {ticks} times)"
+    );
+}
+
+#[test]
+fn so_sndtimeo_gives_would_block_when_the_peer_does_not_read() {
+    patched();
+    let (client, _server) = pair();
+    let (kind, took) = spawn(move || {
+        client
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let t = Instant::now();
+        let big = vec![7u8; 64 << 20];
+        let e = (&client).write_all(&big).unwrap_err();
+        (e.kind(), t.elapsed())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(kind, ErrorKind::WouldBlock);
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn closing_a_socket_wakes_the_greenlet_waiting_on_it_with_ebadf() {
+    patched();
+    let (client, _server) = pair();
+    let fd = client.into_raw_fd();
+    let reader = spawn(move || {
+        let mut buf = [0u8; 8];
+        let t = Instant::now();
+        // SAFETY: reads into our buffer from a descriptor we own.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        (r, io::Error::last_os_error().raw_os_error(), t.elapsed())
+    });
+    let closer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(100));
+        // SAFETY: closes the descriptor the reader waits on (it owns no handle to it).
+        unsafe { libc::close(fd) }
+    });
+    assert_eq!(closer.join().unwrap(), 0);
+    let (r, errno, took) = reader.join().unwrap();
+    assert_eq!((r, errno), (-1, Some(libc::EBADF)));
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn closing_a_socket_from_another_thread_wakes_its_waiter_with_ebadf() {
+    patched();
+    let (client, _server) = pair();
+    let fd = client.into_raw_fd();
+    let reader = spawn(move || {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads into our buffer from a descriptor we own.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        (r, io::Error::last_os_error().raw_os_error())
+    });
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: as in the test above.
+        unsafe { libc::close(fd) }
+    });
+    assert_eq!(reader.join().unwrap(), (-1, Some(libc::EBADF)));
+    assert_eq!(closer.join().unwrap(), 0);
+}
+
+#[test]
+fn a_peer_reset_gives_connection_reset() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: sets SO_LINGER from a linger struct on our stack: the close sends RST.
+        let r = unsafe {
+            libc::setsockopt(
+                conn.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        greenhub::sleep(Duration::from_millis(50));
+        drop(conn);
+    });
+    let kind = spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.read(&mut [0; 8]).unwrap_err().kind()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(kind, ErrorKind::ConnectionReset);
+    server.join().unwrap();
+}
+
+#[test]
+fn end_of_stream_and_a_broken_pipe_as_without_the_hooks() {
+    patched();
+    let (client, server) = pair();
+    spawn(move || {
+        let reader = spawn(move || {
+            let mut c = &client;
+            let mut buf = [0; 8];
+            assert_eq!(c.read(&mut buf).unwrap(), 0, "end of stream");
+            client
+        });
+        greenhub::sleep(Duration::from_millis(30));
+        drop(server);
+        let client = reader.join().unwrap();
+        let mut failed = None;
+        for _ in 0..100 {
+            if let Err(e) = (&client).write_all(b"into the void") {
+                failed = Some(e.kind());
+                break;
+            }
+            greenhub::sleep(Duration::from_millis(5));
+        }
+        let kind = failed.expect("writes to a closed peer fail");
+        assert!(
+            matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "{kind:?}"
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_refused_connection_is_reported_from_a_greenlet() {
+    patched();
+    let addr = closed_port();
+    spawn(move || {
+        let e = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        // connect_timeout: a user non-blocking connect (EINPROGRESS), then poll.
+        let e = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn a_kill_during_a_hooked_read_fails_it_and_lands_at_the_next_switch_point() {
+    patched();
+    let (client, _server) = pair();
+    let seen: Rc<RefCell<Option<io::Error>>> = Rc::default();
+    let (dropped, after) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+    let (s, d, a) = (seen.clone(), dropped.clone(), after.clone());
+    let h = spawn(move || {
+        let _guard = DropFlag(d);
+        let r = (&client).read(&mut [0; 8]);
+        *s.borrow_mut() = Some(r.expect_err("the kill fails the read"));
+        greenhub::sleep(Duration::from_secs(10)); // the kill lands here
+        a.set(true);
+    });
+    greenhub::sleep(Duration::from_millis(50));
+    assert!(!h.is_finished(), "blocked in read");
+    h.kill();
+    assert!(matches!(h.join(), Err(Error::Killed)));
+    let e = seen.borrow_mut().take().expect("the read returned");
+    assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{e}");
+    assert!(dropped.get(), "the greenlet's destructors ran");
+    assert!(!after.get(), "the kill landed at the sleep");
+}
+
+#[test]
+fn a_kill_ends_a_std_sleep_early() {
+    patched();
+    let t = Instant::now();
+    let h = spawn(|| std::thread::sleep(Duration::from_secs(10)));
+    greenhub::sleep(Duration::from_millis(20));
+    h.kill();
+    assert!(h.is_finished());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_timeout_scope_cuts_a_hooked_read_short_with_timed_out() {
+    patched();
+    let (client, _server) = pair();
+    let (kind, fired, took) = spawn(move || {
+        let t = Instant::now();
+        let scope = Timeout::start(Duration::from_millis(200));
+        let e = (&client).read(&mut [0; 8]).unwrap_err();
+        (e.kind(), scope.fired(), t.elapsed())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(kind, ErrorKind::TimedOut);
+    assert!(fired);
+    eprintln!("Timeout(200 ms) around a hooked read ended after {took:?}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+}
+
+#[test]
+fn with_timeout_around_a_std_sleep_reports_the_timeout() {
+    patched();
+    let t = Instant::now();
+    let r = spawn(|| {
+        greenhub::with_timeout(Duration::from_millis(100), || {
+            std::thread::sleep(Duration::from_secs(10));
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn command_output_from_a_greenlet_reads_its_pipes_cooperatively() {
+    patched();
+    let ticker = Ticker::start();
+    let out = spawn(|| {
+        Command::new("sh")
+            .args(["-c", "echo out; echo err >&2; sleep 0.3; echo end"])
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"out\nend\n");
+    assert_eq!(out.stderr, b"err\n");
+    let ticks = ticker.stop();
+    assert!(
+        ticks >= 5,
+        "the hub was blocked while the child ran ({ticks} ticks)"
+    );
+}
+
+#[test]
+fn a_forked_child_runs_hooked_calls_as_the_real_ones() {
+    use std::os::unix::process::CommandExt;
+    patched();
+    let status = spawn(|| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        // SAFETY: the closure only sleeps and reads an atomic (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(|| {
+                std::thread::sleep(Duration::from_millis(5));
+                if greenhub::monkey::is_patched() {
+                    return Err(io::Error::other("the hooks cooperate in a child"));
+                }
+                Ok(())
+            });
+        }
+        cmd.status()
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(greenhub::monkey::is_patched(), "the parent keeps its hooks");
+}
+
+#[test]
+fn a_socket_made_in_a_greenlet_still_blocks_on_a_plain_thread() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = spawn(move || TcpStream::connect(addr).unwrap())
+        .join()
+        .unwrap();
+    let fd = stream.as_raw_fd();
+    assert!(kernel_nonblocking(fd), "made non-blocking for the hub");
+    assert!(!user_nonblocking(fd), "still blocking as the user sees it");
+    let (mut server, _) = listener.accept().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = stream;
+        let mut buf = [0; 5];
+        let t = Instant::now();
+        s.read_exact(&mut buf).unwrap();
+        let waited = t.elapsed();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let t = Instant::now();
+        let kind = s.read(&mut [0; 8]).unwrap_err().kind();
+        (buf, waited, kind, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    server.write_all(b"hello").unwrap();
+    let (buf, waited, kind, timed_out) = reader.join().unwrap();
+    assert_eq!(&buf, b"hello");
+    assert!(
+        waited >= Duration::from_millis(150),
+        "the read blocked: {waited:?}"
+    );
+    assert_eq!(kind, ErrorKind::WouldBlock);
+    assert!(timed_out >= Duration::from_millis(100), "{timed_out:?}");
+}
+
+#[test]
+fn hooks_on_a_plain_thread_behave_as_the_real_calls() {
+    patched();
+    std::thread::spawn(|| {
+        let (client, mut server) = pair();
+        assert!(
+            !kernel_nonblocking(client.as_raw_fd()),
+            "left as the user made it"
+        );
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let t = Instant::now();
+        let e = (&client).read(&mut [0; 8]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        server.write_all(b"x").unwrap();
+        let mut b = [0; 1];
+        (&client).read_exact(&mut b).unwrap();
+        assert!(!kernel_nonblocking(client.as_raw_fd()));
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn fcntl_and_fionbio_show_and_set_the_users_mode() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        greenhub::sleep(Duration::from_millis(100));
+        conn.write_all(b"ok").unwrap();
+        greenhub::sleep(Duration::from_millis(100));
+    });
+    spawn(move || {
+        let c = TcpStream::connect(addr).unwrap();
+        let fd = c.as_raw_fd();
+        assert!(kernel_nonblocking(fd) && !user_nonblocking(fd));
+        c.set_nonblocking(true).unwrap(); // ioctl(FIONBIO)
+        assert!(user_nonblocking(fd));
+        assert_eq!(
+            (&c).read(&mut [0; 2]).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        c.set_nonblocking(false).unwrap();
+        assert!(kernel_nonblocking(fd) && !user_nonblocking(fd));
+        // SAFETY: F_SETFL with the user's flags plus O_NONBLOCK.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+        }
+        assert!(user_nonblocking(fd));
+        assert_eq!(
+            (&c).read(&mut [0; 2]).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        // SAFETY: as above, without O_NONBLOCK.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK), 0);
+        }
+        assert!(kernel_nonblocking(fd) && !user_nonblocking(fd));
+        let mut buf = [0; 2];
+        (&c).read_exact(&mut buf).unwrap(); // blocks (cooperatively) again
+        assert_eq!(&buf, b"ok");
+    })
+    .join()
+    .unwrap();
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_duplicated_socket_keeps_the_mode_and_blocks_like_the_original() {
+    patched();
+    let (client, server) = pair();
+    spawn(move || {
+        let writer = spawn(move || {
+            greenhub::sleep(Duration::from_millis(50));
+            (&server).write_all(b"dup").unwrap();
+            server
+        });
+        let dup = client.try_clone().unwrap(); // fcntl(F_DUPFD_CLOEXEC)
+        drop(client);
+        let mut buf = [0; 3];
+        (&dup).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"dup");
+        assert!(!user_nonblocking(dup.as_raw_fd()));
+        writer.join().unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn many_greenlets_can_wait_in_accept_on_one_listener() {
+    patched();
+    let listener = Rc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+    let addr = listener.local_addr().unwrap();
+    let accepted = Rc::new(Cell::new(0));
+    let acceptors: Vec<_> = (0..10)
+        .map(|i| {
+            let (l, n) = (listener.clone(), accepted.clone());
+            spawn(move || {
+                // Half share the descriptor, half accept on a duplicate of it.
+                let own;
+                let l: &TcpListener = if i % 2 == 0 {
+                    &l
+                } else {
+                    own = l.try_clone().unwrap();
+                    &own
+                };
+                let (mut c, _) = l.accept().unwrap();
+                c.write_all(b"!").unwrap();
+                n.set(n.get() + 1);
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                let mut b = [0; 1];
+                c.read_exact(&mut b).unwrap();
+            })
+        })
+        .collect();
+    for h in acceptors.into_iter().chain(clients) {
+        h.join().unwrap();
+    }
+    assert_eq!(accepted.get(), 10);
+}
+
+#[test]
+fn a_blocking_write_on_a_stream_socket_sends_everything() {
+    patched();
+    let (client, server) = pair();
+    let len = 16 << 20;
+    let reader = spawn(move || {
+        let mut s = server;
+        let mut total = 0;
+        let mut buf = vec![0; 1 << 16];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => return total,
+                n => total += n,
+            }
+        }
+    });
+    let sent = spawn(move || {
+        let data = vec![1u8; len];
+        // One write call, not write_all: a blocking write sends it all.
+        let n = (&client).write(&data).unwrap();
+        drop(client);
+        n
+    })
+    .join()
+    .unwrap();
+    assert_eq!(sent, len);
+    assert_eq!(reader.join().unwrap(), len);
+}
+
+#[test]
+fn msg_peek_and_msg_waitall_wait_as_the_blocking_calls() {
+    patched();
+    let (client, server) = pair();
+    let writer = spawn(move || {
+        let mut s = server;
+        greenhub::sleep(Duration::from_millis(30));
+        s.write_all(b"hello").unwrap();
+        greenhub::sleep(Duration::from_millis(30));
+        s.write_all(b" world").unwrap();
+        s
+    });
+    spawn(move || {
+        let fd = client.as_raw_fd();
+        let mut buf = [0u8; 11];
+        // SAFETY: receives into our buffer.
+        let recv = |buf: &mut [u8], flags| unsafe {
+            libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags)
+        };
+        assert_eq!(
+            recv(&mut buf[..5], libc::MSG_PEEK),
+            5,
+            "peek waits for data"
+        );
+        assert_eq!(recv(&mut buf, libc::MSG_PEEK | libc::MSG_WAITALL), 11);
+        assert_eq!(
+            recv(&mut buf, libc::MSG_WAITALL),
+            11,
+            "waitall gathers both writes"
+        );
+        assert_eq!(&buf, b"hello world");
+        drop(client);
+    })
+    .join()
+    .unwrap();
+    writer.join().unwrap();
+}
+
+#[test]
+fn udp_recv_from_waits_cooperatively() {
+    patched();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = a.local_addr().unwrap();
+    let ticker = Ticker::start();
+    let sender = spawn(move || {
+        greenhub::sleep(Duration::from_millis(100));
+        b.send_to(b"datagram", to).unwrap();
+    });
+    let got = spawn(move || {
+        let mut buf = [0; 16];
+        let (n, _) = a.recv_from(&mut buf).unwrap();
+        buf[..n].to_vec()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, b"datagram");
+    sender.join().unwrap();
+    assert!(ticker.ticks() >= 3);
+    ticker.stop();
+}
+
+#[test]
+fn name_resolution_in_a_greenlet_works() {
+    patched();
+    let addrs = spawn(|| {
+        ("localhost", 8080)
+            .to_socket_addrs()
+            .unwrap()
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.ip().is_loopback() && a.port() == 8080),
+        "{addrs:?}"
+    );
+    let e = spawn(|| ("no such host.invalid", 80).to_socket_addrs().unwrap_err())
+        .join()
+        .unwrap();
+    assert_ne!(e.kind(), ErrorKind::TimedOut);
+}
+
+static HANDLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn sleepy_handler(_: libc::c_int) {
+    std::thread::sleep(Duration::from_millis(100));
+    HANDLED.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_signal_handler_runs_hooked_calls_as_the_real_ones() {
+    patched();
+    // SAFETY: installs a handler for SIGUSR1 (used by no other test) and reads it back.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = sleepy_handler as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut()),
+            0
+        );
+        let mut back: libc::sigaction = std::mem::zeroed();
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, std::ptr::null(), &mut back),
+            0
+        );
+        assert_eq!(
+            back.sa_sigaction, act.sa_sigaction,
+            "the user's handler, as installed"
+        );
+        assert_eq!(back.sa_flags & libc::SA_SIGINFO, 0);
+    }
+    let ticker = Ticker::start();
+    greenhub::sleep(Duration::from_millis(30));
+    let ticks = ticker.ticks.clone();
+    let (before, after, took) = spawn(move || {
+        let before = ticks.get();
+        let t = Instant::now();
+        // SAFETY: raises SIGUSR1 on this thread; its handler is installed above.
+        unsafe { libc::raise(libc::SIGUSR1) };
+        (before, ticks.get(), t.elapsed())
+    })
+    .join()
+    .unwrap();
+    assert!(HANDLED.load(Ordering::SeqCst));
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert_eq!(before, after, "no greenlet ran while the handler slept");
+    ticker.stop();
+    // SAFETY: restores the default action.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
+}
