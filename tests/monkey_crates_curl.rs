@@ -82,3 +82,87 @@ fn libcurl_fetches_in_100_greenlets_take_about_one_request() {
     assert_ticked("ticker during the libcurl requests", ticks, one + all);
     assert_eq!(server.served(), CLIENTS as u64 + 1);
 }
+
+#[test]
+fn libcurl_own_timeout_fires_in_greenlets_without_blocking_the_hub() {
+    // libcurl waits in poll with its own deadline as the timeout.
+    const GREENLETS: usize = 50;
+    const OWN_TIMEOUT: Duration = Duration::from_millis(500);
+    let server = SlowHttp::start(LATENCY).unwrap();
+    let url = server.url("/delay/10000/curl-timeout");
+    let (results, ticks, elapsed) = run_bounded(
+        "libcurl's own timeout",
+        Duration::from_secs(120),
+        move || {
+            patch();
+            let ticker = Ticker::start();
+            let t = Instant::now();
+            let jobs: Vec<_> = (0..GREENLETS)
+                .map(|_| {
+                    let url = url.clone();
+                    greenhub::spawn(move || -> Result<Duration, String> {
+                        let mut easy = curl::easy::Easy::new();
+                        easy.url(&url).map_err(|e| e.to_string())?;
+                        easy.timeout(OWN_TIMEOUT).map_err(|e| e.to_string())?;
+                        easy.write_function(|d| Ok(d.len()))
+                            .map_err(|e| e.to_string())?;
+                        let t = Instant::now();
+                        match easy.perform() {
+                            Err(e) if e.is_operation_timedout() => Ok(t.elapsed()),
+                            other => {
+                                Err(format!("not a timeout after {:?}: {other:?}", t.elapsed()))
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let results: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            let elapsed = t.elapsed();
+            (results, ticker.stop(), elapsed)
+        },
+    );
+    for r in results {
+        let took = r.unwrap();
+        assert!(took >= OWN_TIMEOUT, "libcurl gave up after {took:?}");
+    }
+    eprintln!("{GREENLETS} libcurl timeouts of {OWN_TIMEOUT:?} ended in {elapsed:?}");
+    // One after another: 50 x 0.5 s = 25 s.
+    assert!(
+        elapsed < OWN_TIMEOUT * 4,
+        "{GREENLETS} libcurl timeouts of {OWN_TIMEOUT:?} took {elapsed:?}: they did not overlap"
+    );
+    assert_ticked("ticker during libcurl's timeouts", ticks, elapsed);
+}
+
+#[test]
+fn timeout_scope_around_a_libcurl_call_ends_it_at_the_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(1000);
+    let server = SlowHttp::start(LATENCY).unwrap();
+    let url = server.url("/delay/10000/curl-scope");
+    let (took, fired, r) = run_bounded(
+        "libcurl under a Timeout",
+        Duration::from_secs(60),
+        move || {
+            patch();
+            greenhub::spawn(move || {
+                let t = Instant::now();
+                let scope = greenhub::Timeout::start(DEADLINE);
+                let r = fetch(&url)
+                    .map(|(code, _)| code)
+                    .map_err(|e| format!("{e:?}"));
+                (t.elapsed(), scope.fired(), r)
+            })
+            .join()
+            .unwrap()
+        },
+    );
+    eprintln!("libcurl under a {DEADLINE:?} Timeout: {r:?} after {took:?}");
+    // poll fails with ETIMEDOUT at the deadline; libcurl reports a failed wait as
+    // CURLE_BAD_FUNCTION_ARGUMENT (43), its code for an unrecoverable multi-handle error.
+    assert!(r.is_err(), "libcurl's request outlived the Timeout: {r:?}");
+    assert!(fired, "the Timeout scope did not fire");
+    assert!(
+        took >= DEADLINE && took <= DEADLINE + DEADLINE / 10,
+        "a {DEADLINE:?} Timeout ended the libcurl call after {took:?}"
+    );
+}

@@ -6,10 +6,12 @@
 
 mod monkey_support;
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monkey_support::{Ticker, assert_ticked, patch, run_bounded};
@@ -168,5 +170,135 @@ fn redis_blpop_in_500_greenlets_all_receive_while_a_ticker_keeps_ticking() {
         "not every greenlet was waiting in BLPOP at the same time"
     );
     assert_ticked("ticker during the BLPOPs", ticks, elapsed);
+    drop(server);
+}
+
+#[test]
+fn redis_read_timeout_in_greenlets_ends_their_blpop_without_blocking_the_hub() {
+    // The client's own read timeout is SO_RCVTIMEO on its socket: the blocked read must
+    // give up with EAGAIN after it, as Linux's does, while the other greenlets run.
+    const GREENLETS: usize = 50;
+    const READ_TIMEOUT: Duration = Duration::from_millis(500);
+    let server = RedisServer::start();
+    let url = server.url();
+    let (results, ticks, elapsed) = run_bounded(
+        "BLPOP under a read timeout",
+        Duration::from_secs(120),
+        move || {
+            patch();
+            let client = redis::Client::open(url).unwrap();
+            let ticker = Ticker::start();
+            let t = Instant::now();
+            let jobs: Vec<_> = (0..GREENLETS)
+                .map(|i| {
+                    let client = client.clone();
+                    greenhub::spawn(move || -> Result<(Duration, String), String> {
+                        let mut con = client.get_connection().map_err(|e| e.to_string())?;
+                        con.set_read_timeout(Some(READ_TIMEOUT))
+                            .map_err(|e| e.to_string())?;
+                        let t = Instant::now();
+                        // Nobody pushes to this key; redis would wait 10 s.
+                        let r: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+                            .arg(format!("never:{i}"))
+                            .arg(10)
+                            .query(&mut con);
+                        match r {
+                            Err(e) if e.is_timeout() => Ok((t.elapsed(), e.to_string())),
+                            other => {
+                                Err(format!("not a timeout after {:?}: {other:?}", t.elapsed()))
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let results: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            let elapsed = t.elapsed();
+            (results, ticker.stop(), elapsed)
+        },
+    );
+    for r in results {
+        let (took, e) = r.unwrap();
+        assert!(
+            took >= READ_TIMEOUT,
+            "the read gave up after {took:?} ({e})"
+        );
+    }
+    eprintln!("{GREENLETS} BLPOPs with a {READ_TIMEOUT:?} read timeout ended in {elapsed:?}");
+    // One after another: 50 x 0.5 s = 25 s.
+    assert!(
+        elapsed < READ_TIMEOUT * 4,
+        "{GREENLETS} read timeouts of {READ_TIMEOUT:?} took {elapsed:?}: they did not overlap"
+    );
+    assert_ticked("ticker during the read timeouts", ticks, elapsed);
+    drop(server);
+}
+
+#[test]
+fn killing_a_greenlet_blocked_in_redis_blpop_fails_the_call_and_lands_after_it() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (blpop, after_blpop, unwound, kill_took, reconnect) =
+        run_bounded("kill during BLPOP", Duration::from_secs(60), move || {
+            patch();
+            let client = redis::Client::open(url).unwrap();
+            let blpop = Rc::new(RefCell::new(None::<String>));
+            let after_blpop = Rc::new(RefCell::new(false));
+            let unwound = Rc::new(RefCell::new(false));
+            let victim = {
+                let (client, blpop, after, unwound) = (
+                    client.clone(),
+                    blpop.clone(),
+                    after_blpop.clone(),
+                    unwound.clone(),
+                );
+                greenhub::spawn(move || {
+                    struct OnUnwind(Rc<RefCell<bool>>);
+                    impl Drop for OnUnwind {
+                        fn drop(&mut self) {
+                            *self.0.borrow_mut() = std::thread::panicking();
+                        }
+                    }
+                    let _guard = OnUnwind(unwound);
+                    let mut con = client.get_connection().unwrap();
+                    let r: redis::RedisResult<Option<(String, String)>> =
+                        redis::cmd("BLPOP").arg("killed").arg(30).query(&mut con);
+                    *blpop.borrow_mut() = Some(format!("{r:?}"));
+                    // The kill lands here, at the next greenhub switch point.
+                    greenhub::sleep(Duration::from_secs(5));
+                    *after.borrow_mut() = true;
+                })
+            };
+            greenhub::sleep(Duration::from_millis(300)); // the victim waits in BLPOP
+            let t = Instant::now();
+            victim.kill_timeout(Duration::from_secs(10)).unwrap();
+            let kill_took = t.elapsed();
+            // The hub goes on: a new connection on this thread works.
+            let reconnect = greenhub::spawn(move || -> redis::RedisResult<String> {
+                let mut con = client.get_connection()?;
+                redis::cmd("PING").query(&mut con)
+            })
+            .join()
+            .unwrap()
+            .map_err(|e| e.to_string());
+            let blpop = blpop.borrow().clone();
+            let after = *after_blpop.borrow();
+            let unwound = *unwound.borrow();
+            (blpop, after, unwound, kill_took, reconnect)
+        });
+    let blpop = blpop.expect("BLPOP returned into the killed greenlet");
+    assert!(
+        blpop.contains("Operation canceled") || blpop.contains("os error 125"),
+        "the killed BLPOP should fail with ECANCELED: {blpop}"
+    );
+    assert!(
+        !after_blpop,
+        "the kill did not land at the next switch point"
+    );
+    assert!(unwound, "the killed greenlet did not unwind");
+    assert!(
+        kill_took < Duration::from_secs(2),
+        "the kill took {kill_took:?}"
+    );
+    assert_eq!(reconnect.as_deref(), Ok("PONG"));
     drop(server);
 }

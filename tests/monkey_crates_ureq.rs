@@ -120,6 +120,148 @@ fn timeout_around_a_ureq_call_ends_within_a_tenth_of_its_deadline() {
 }
 
 #[test]
+fn ureq_agents_keep_their_connections_alive_across_requests_in_greenlets() {
+    // ureq checks a pooled connection before reusing it: it switches the socket to
+    // non-blocking mode, expects `WouldBlock` from a read, and switches it back — on a
+    // socket that the hooks already made non-blocking in the kernel.
+    const AGENTS: usize = 4;
+    const REQUESTS: usize = 10;
+    let server = SlowHttp::start(LATENCY).unwrap();
+    let base = server.url("");
+    let (results, ticks, elapsed) = run_bounded(
+        "ureq agents with keep-alive",
+        Duration::from_secs(60),
+        move || {
+            patch();
+            let ticker = Ticker::start();
+            let t = Instant::now();
+            let jobs: Vec<_> = (0..AGENTS)
+                .map(|a| {
+                    let base = base.clone();
+                    greenhub::spawn(move || -> Result<(), String> {
+                        let agent = ureq::agent();
+                        for r in 0..REQUESTS {
+                            let path = format!("/delay/20/agent/{a}/{r}");
+                            let body = agent
+                                .get(format!("{base}{path}"))
+                                .call()
+                                .and_then(|resp| resp.into_body().read_to_string())
+                                .map_err(|e| format!("GET {path}: {e}"))?;
+                            if body != body_for(&path) {
+                                return Err(format!("GET {path}: wrong body"));
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let results: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            let elapsed = t.elapsed();
+            (results, ticker.stop(), elapsed)
+        },
+    );
+    for r in results {
+        r.unwrap();
+    }
+    assert_eq!(server.served(), (AGENTS * REQUESTS) as u64);
+    assert_eq!(
+        server.connections(),
+        AGENTS as u64,
+        "each agent should have made one connection and reused it"
+    );
+    // Each agent's requests run one after another (10 x 20 ms); the agents overlap.
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "{AGENTS} agents x {REQUESTS} requests of 20 ms took {elapsed:?}"
+    );
+    assert_ticked("ticker during the keep-alive GETs", ticks, elapsed);
+}
+
+#[test]
+fn ureq_own_timeout_fires_in_greenlets_without_blocking_the_hub() {
+    // ureq's own deadline: it sets SO_RCVTIMEO on its socket and expects the read to
+    // give up with EAGAIN, as Linux's blocking read does.
+    const GREENLETS: usize = 50;
+    const OWN_TIMEOUT: Duration = Duration::from_millis(500);
+    let server = SlowHttp::start(LATENCY).unwrap();
+    let url = server.url("/delay/10000/own-timeout");
+    let (results, ticks, elapsed) =
+        run_bounded("ureq's own timeout", Duration::from_secs(120), move || {
+            patch();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(OWN_TIMEOUT))
+                .build()
+                .into();
+            let ticker = Ticker::start();
+            let t = Instant::now();
+            let jobs: Vec<_> = (0..GREENLETS)
+                .map(|_| {
+                    let (agent, url) = (agent.clone(), url.clone());
+                    greenhub::spawn(move || {
+                        let t = Instant::now();
+                        let r = agent.get(&url).call().map(|_| ());
+                        (t.elapsed(), r.map_err(|e| (is_timeout(&e), e.to_string())))
+                    })
+                })
+                .collect();
+            let results: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            let elapsed = t.elapsed();
+            (results, ticker.stop(), elapsed)
+        });
+    for (took, r) in &results {
+        match r {
+            Ok(()) => panic!("a request outlived ureq's {OWN_TIMEOUT:?} timeout ({took:?})"),
+            Err((timeout, e)) => assert!(timeout, "not a timeout: {e}"),
+        }
+        assert!(*took >= OWN_TIMEOUT, "timed out early, after {took:?}");
+    }
+    eprintln!("{GREENLETS} ureq requests with a {OWN_TIMEOUT:?} timeout ended in {elapsed:?}");
+    // One after another: 50 x 0.5 s = 25 s.
+    assert!(
+        elapsed < OWN_TIMEOUT * 4,
+        "{GREENLETS} timeouts of {OWN_TIMEOUT:?} took {elapsed:?}: they did not overlap"
+    );
+    assert_ticked("ticker during ureq's own timeouts", ticks, elapsed);
+}
+
+#[test]
+fn ureq_gets_by_host_name_resolve_without_blocking_the_hub() {
+    // `localhost` goes through getaddrinfo, which the hooks run on greenhub's thread pool.
+    const GREENLETS: usize = 50;
+    let server = SlowHttp::start(LATENCY).unwrap();
+    let port = server.addr().port();
+    let (bodies, ticks, elapsed) =
+        run_bounded("ureq GETs by name", Duration::from_secs(60), move || {
+            patch();
+            let ticker = Ticker::start();
+            let t = Instant::now();
+            let jobs: Vec<_> = (0..GREENLETS)
+                .map(|i| {
+                    greenhub::spawn(move || {
+                        get(&format!("http://localhost:{port}/named/{i}"))
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            let bodies: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            let elapsed = t.elapsed();
+            (bodies, ticker.stop(), elapsed)
+        });
+    for (i, body) in bodies.into_iter().enumerate() {
+        assert!(
+            body.unwrap_or_else(|e| panic!("GET /named/{i}: {e}"))
+                == body_for(&format!("/named/{i}")),
+            "GET /named/{i}: wrong body"
+        );
+    }
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "{GREENLETS} GETs of {LATENCY:?} by name took {elapsed:?}: they did not overlap"
+    );
+    assert_ticked("ticker during the GETs by name", ticks, elapsed);
+}
+
+#[test]
 fn monkey_download_example_prints_both_timings() {
     let out = common::example_stdout("monkey_download", &[]);
     let seconds = |prefix: &str| -> f64 {
