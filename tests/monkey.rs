@@ -269,6 +269,9 @@ fn closing_a_socket_wakes_the_greenlet_waiting_on_it_with_ebadf() {
         unsafe { libc::close(fd) }
     });
     assert_eq!(closer.join().unwrap(), 0);
+    reader
+        .join_timeout(Duration::from_secs(10))
+        .expect("the close woke the reader");
     let (r, errno, took) = reader.join().unwrap();
     assert_eq!((r, errno), (-1, Some(libc::EBADF)));
     assert!(
@@ -293,6 +296,9 @@ fn closing_a_socket_from_another_thread_wakes_its_waiter_with_ebadf() {
         // SAFETY: as in the test above.
         unsafe { libc::close(fd) }
     });
+    reader
+        .join_timeout(Duration::from_secs(10))
+        .expect("the close woke the reader");
     assert_eq!(reader.join().unwrap(), (-1, Some(libc::EBADF)));
     assert_eq!(closer.join().unwrap(), 0);
 }
@@ -841,4 +847,30 @@ fn a_signal_handler_runs_hooked_calls_as_the_real_ones() {
     ticker.stop();
     // SAFETY: restores the default action.
     unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
+}
+
+#[test]
+fn a_std_stream_used_under_the_hooks_converts_to_a_greenhub_net_stream() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        for msg in [b"one", b"two"] {
+            greenhub::sleep(Duration::from_millis(20));
+            conn.write_all(msg).unwrap();
+        }
+    });
+    spawn(move || {
+        let mut std_stream = TcpStream::connect(addr).unwrap();
+        let mut buf = [0; 3];
+        std_stream.read_exact(&mut buf).unwrap(); // waits on the hub: registered there
+        assert_eq!(&buf, b"one");
+        let mut twin = greenhub::net::TcpStream::from_std(std_stream).unwrap();
+        twin.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"two");
+    })
+    .join()
+    .unwrap();
+    peer.join().unwrap();
 }

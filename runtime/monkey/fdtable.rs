@@ -153,6 +153,11 @@ impl Entry {
         Reg::unpack(self.reg.load(Ordering::Acquire))
     }
 
+    /// Takes the registration away.
+    pub(super) fn take_reg(&self) -> Option<Reg> {
+        Reg::unpack(self.reg.swap(0, Ordering::AcqRel))
+    }
+
     /// Records `reg` if the entry has none; `false` if another registration won.
     pub(super) fn set_reg(&self, reg: Reg) -> bool {
         self.reg

@@ -247,6 +247,9 @@ fn cooperative_wait(
     let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
     loop {
         let r = check();
+        if r < 0 && context::errno() == libc::EINTR {
+            continue;
+        }
         if r != 0 {
             return r;
         }
@@ -299,13 +302,16 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
+/// Descriptors registered with a hub for one wait only: (fd, token).
+type Temporary = Vec<(c_int, usize)>;
+
 /// Registers every descriptor of `interests` with `hub`; the waits, and which of them are
 /// registered for this wait only (fd, token). `None` if one cannot be registered (then
 /// the real call has to wait).
 fn register_all(
     hub: &Hub,
     interests: &[(c_int, bool, bool)],
-) -> Option<(Vec<RawInterest>, Vec<(c_int, usize)>)> {
+) -> Option<(Vec<RawInterest>, Temporary)> {
     let mut waits = Vec::with_capacity(interests.len());
     let mut temporary = Vec::new();
     for &(fd, read, write) in interests {

@@ -422,7 +422,7 @@ unsafe fn fcntl_with(fd: c_int, cmd: c_int, arg: usize) -> c_int {
                 real_fcntl(arg)
             };
             if r == 0 && st.kind() == SOCKET {
-                set_user_mode(e, st, nonblocking);
+                set_user_mode(fd, e, st, nonblocking);
             }
             r
         }
@@ -437,10 +437,17 @@ unsafe fn fcntl_with(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     }
 }
 
-/// Records the blocking mode the user asked for.
-fn set_user_mode(e: &fdtable::Entry, st: fdtable::State, nonblocking: bool) {
+/// Records the blocking mode the user asked for. A socket switched to non-blocking mode
+/// gives up its hub registration: its calls pass through from now on, and it is free to
+/// be registered by whoever drives it now (`greenhub::net`'s `from_std` on the same hub).
+fn set_user_mode(fd: c_int, e: &fdtable::Entry, st: fdtable::State, nonblocking: bool) {
     if nonblocking {
         e.modify(st.generation(), USER_NONBLOCK, 0);
+        if let Some(reg) = e.take_reg()
+            && mode() == context::ON
+        {
+            release(fd, reg);
+        }
     } else {
         e.modify(st.generation(), 0, USER_NONBLOCK);
     }
@@ -476,7 +483,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: usize) -> c_int
         real_ioctl(arg)
     };
     if r == 0 && st.kind() == SOCKET {
-        set_user_mode(e, st, nonblocking);
+        set_user_mode(fd, e, st, nonblocking);
     }
     r
 }
