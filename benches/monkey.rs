@@ -15,7 +15,8 @@
 //!    Sequential is sampled on 20 requests and scaled to 1,000 (the full run would take
 //!    about 50 s per round).
 //!
-//! `cargo bench --features monkey --bench monkey` (add `-- --quick` for a short run).
+//! `cargo bench --features monkey --bench monkey` (add `-- --quick` for a short run,
+//! `-- --only pipe|echo|ureq` for one part).
 //! Rounds interleave the peers so that a noisy moment does not fall on one only; each
 //! figure is the best of its rounds. Prints a table and `BENCH <name> <value> <unit>` lines.
 
@@ -32,8 +33,9 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Pipe round trips per timed round.
-const PIPE_ITERS: u64 = 300_000;
+/// Pipe round trips per timed round: short rounds (about 2 ms), many of them, so that
+/// the best round of each way escapes the preemptions of a shared machine.
+const PIPE_ITERS: u64 = 2_000;
 const ECHO_CONNS: usize = 1_000;
 const ECHO_SIZES: [usize; 2] = [64, 4096];
 const GETS: usize = 1_000;
@@ -57,7 +59,7 @@ fn main() {
     }
     let s = if args.iter().any(|a| a == "--quick") {
         Settings {
-            pipe_rounds: 3,
+            pipe_rounds: 50,
             echo_rounds: 1,
             echo_warmup: Duration::from_millis(200),
             echo_measure: Duration::from_millis(500),
@@ -65,121 +67,132 @@ fn main() {
         }
     } else {
         Settings {
-            pipe_rounds: 7,
+            pipe_rounds: 500,
             echo_rounds: 3,
             echo_warmup: Duration::from_millis(500),
             echo_measure: Duration::from_millis(1500),
             get_rounds: 3,
         }
     };
+    // `--only pipe` (or `echo`, `ureq`) runs one part.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut bench = Vec::new();
 
     // 1. Pass-through cost, dormant (before patch_all) and then patched.
-    let dormant = on_plain_thread(move || pipe_round_trips(s.pipe_rounds));
-    assert!(
-        greenhub::monkey::patch_all(),
-        "patch_all() did not turn the hooks on (GREENHUB_MONKEY=off?): nothing to measure"
-    );
-    let patched = on_plain_thread(move || pipe_round_trips(s.pipe_rounds));
-
+    let pipes = part("pipe").then(|| {
+        let dormant = on_plain_thread(move || pipe_round_trips(s.pipe_rounds));
+        patch();
+        let patched = on_plain_thread(move || pipe_round_trips(s.pipe_rounds));
+        (dormant, patched)
+    });
+    patch();
     // 2. The echo servers.
-    let echo = echo_servers(&s);
-
+    let echo = part("echo").then(|| echo_servers(&s));
     // 3. ureq GETs.
-    let gets = ureq_gets(&s);
+    let gets = part("ureq").then(|| ureq_gets(&s));
 
     println!();
     println!("| figure | through the hooks | peer | ratio (target) |");
     println!("|---|---:|---:|---:|");
-    for (when, p) in [
-        ("before `patch_all`", &dormant),
-        ("after `patch_all`", &patched),
-    ] {
-        println!(
-            "| 1-byte pipe write + read, plain thread, {when} | {:.0} ns | {:.0} ns (`libc::syscall`; glibc's own {:.0} ns) | {:.3}x (<= 1.05x) |",
-            p.hooked,
-            p.syscall,
-            p.glibc,
-            p.hooked / p.syscall
-        );
+    if let Some((dormant, patched)) = &pipes {
+        for (when, key, p) in [
+            ("before `patch_all`", "dormant", dormant),
+            ("after `patch_all`", "patched", patched),
+        ] {
+            println!(
+                "| 1-byte pipe write + read, plain thread, {when} | {:.0} ns | {:.0} ns (`libc::syscall`; glibc's own {:.0} ns) | {:.3}x (<= 1.05x) |",
+                p.hooked,
+                p.syscall,
+                p.glibc,
+                p.hooked / p.syscall
+            );
+            bench.push(format!("monkey_pipe_{key}_hooked {:.1} ns", p.hooked));
+            bench.push(format!("monkey_pipe_{key}_syscall {:.1} ns", p.syscall));
+            bench.push(format!("monkey_pipe_{key}_glibc {:.1} ns", p.glibc));
+            bench.push(format!(
+                "monkey_pipe_{key}_ratio_hooked_syscall {:.3} x",
+                p.hooked / p.syscall
+            ));
+        }
     }
-    for e in &echo {
+    for e in echo.iter().flatten() {
+        let ratio = e.hooked / e.net.max(1e-9);
         println!(
-            "| echo, {} connections x {} B, req/s | {} (std server + hooks) | {} (`greenhub::net`) | {:.2}x (>= 0.9x) |",
+            "| echo, {} connections x {} B, req/s | {} (std server + hooks) | {} (`greenhub::net`) | {ratio:.2}x (>= 0.9x) |",
             load::thousands(ECHO_CONNS as u64),
             e.size,
             load::thousands(e.hooked as u64),
             load::thousands(e.net as u64),
-            e.hooked / e.net.max(1e-9)
         );
-    }
-    println!();
-    println!(
-        "| {} ureq GETs, {} ms each | wall | process CPU | wall / greenlets' |",
-        load::thousands(GETS as u64),
-        GET_LATENCY.as_millis()
-    );
-    println!("|---|---:|---:|---:|");
-    for (way, t) in [
-        ("a greenlet each, hooks", gets.greenlets),
-        ("a thread each", gets.threads),
-        ("one after another (20 made, scaled)", gets.sequential),
-    ] {
-        println!(
-            "| {way} | {} | {} | {:.2}x |",
-            load::fmt_dur(t.wall),
-            load::fmt_dur(t.cpu),
-            t.wall.as_secs_f64() / gets.greenlets.wall.as_secs_f64()
-        );
-    }
-    println!();
-
-    for (key, p) in [("dormant", &dormant), ("patched", &patched)] {
-        bench.push(format!("monkey_pipe_{key}_hooked {:.1} ns", p.hooked));
-        bench.push(format!("monkey_pipe_{key}_syscall {:.1} ns", p.syscall));
-        bench.push(format!("monkey_pipe_{key}_glibc {:.1} ns", p.glibc));
-        bench.push(format!(
-            "monkey_pipe_{key}_ratio_hooked_syscall {:.3} x",
-            p.hooked / p.syscall
-        ));
-    }
-    for e in &echo {
         let name = format!("monkey_echo_{}c_{}b", ECHO_CONNS, e.size);
         bench.push(format!("{name}_hooked_std_rps {:.0} req/s", e.hooked));
         bench.push(format!("{name}_greenhub_net_rps {:.0} req/s", e.net));
-        bench.push(format!(
-            "{name}_ratio_hooked_net {:.3} x",
-            e.hooked / e.net.max(1e-9)
-        ));
+        bench.push(format!("{name}_ratio_hooked_net {ratio:.3} x"));
         if e.errors > 0 {
             bench.push(format!("{name}_errors {} count", e.errors));
         }
     }
-    for (key, t) in [
-        ("greenlets", gets.greenlets),
-        ("threads", gets.threads),
-        ("sequential_scaled", gets.sequential),
-    ] {
+    if let Some(gets) = &gets {
+        println!();
+        println!(
+            "| {} ureq GETs, {} ms each | wall | process CPU | wall / greenlets' |",
+            load::thousands(GETS as u64),
+            GET_LATENCY.as_millis()
+        );
+        println!("|---|---:|---:|---:|");
+        for (way, key, t) in [
+            ("a greenlet each, hooks", "greenlets", gets.greenlets),
+            ("a thread each", "threads", gets.threads),
+            (
+                "one after another (20 made, scaled)",
+                "sequential_scaled",
+                gets.sequential,
+            ),
+        ] {
+            println!(
+                "| {way} | {} | {} | {:.2}x |",
+                load::fmt_dur(t.wall),
+                load::fmt_dur(t.cpu),
+                t.wall.as_secs_f64() / gets.greenlets.wall.as_secs_f64()
+            );
+            bench.push(format!(
+                "monkey_ureq_{GETS}_{key} {:.1} ms",
+                t.wall.as_secs_f64() * 1e3
+            ));
+            bench.push(format!(
+                "monkey_ureq_{GETS}_{key}_cpu {:.0} ms",
+                t.cpu.as_secs_f64() * 1e3
+            ));
+        }
         bench.push(format!(
-            "monkey_ureq_{GETS}_{key} {:.1} ms",
-            t.wall.as_secs_f64() * 1e3
+            "monkey_ureq_{GETS}_ratio_threads_greenlets {:.2} x",
+            gets.threads.wall.as_secs_f64() / gets.greenlets.wall.as_secs_f64()
         ));
         bench.push(format!(
-            "monkey_ureq_{GETS}_{key}_cpu {:.0} ms",
-            t.cpu.as_secs_f64() * 1e3
+            "monkey_ureq_{GETS}_ratio_sequential_greenlets {:.1} x",
+            gets.sequential.wall.as_secs_f64() / gets.greenlets.wall.as_secs_f64()
         ));
     }
-    bench.push(format!(
-        "monkey_ureq_{GETS}_ratio_threads_greenlets {:.2} x",
-        gets.threads.wall.as_secs_f64() / gets.greenlets.wall.as_secs_f64()
-    ));
-    bench.push(format!(
-        "monkey_ureq_{GETS}_ratio_sequential_greenlets {:.1} x",
-        gets.sequential.wall.as_secs_f64() / gets.greenlets.wall.as_secs_f64()
-    ));
+    println!();
     for line in bench {
         println!("BENCH {line}");
     }
+}
+
+/// Turns the hooks on.
+///
+/// # Panics
+/// If they stay off (`GREENHUB_MONKEY=off`): there would be nothing to measure.
+fn patch() {
+    assert!(
+        greenhub::monkey::patch_all(),
+        "patch_all() did not turn the hooks on (GREENHUB_MONKEY=off?): nothing to measure"
+    );
 }
 
 /// Runs `f` on a new thread that never gets a hub.
@@ -238,19 +251,31 @@ fn pipe_round_trips(rounds: usize) -> PipeCost {
         assert_eq!(glibc_write(w, buf, 1), 1);
         assert_eq!(glibc_read(r, buf, 1), 1);
     };
-    let mut best = PipeCost {
-        hooked: f64::INFINITY,
-        syscall: f64::INFINITY,
-        glibc: f64::INFINITY,
-    };
     time(&mut hooked); // warm-up
+    let ways: [&mut dyn FnMut(); 3] = [&mut hooked, &mut syscall, &mut glibc];
+    let mut best_ns = [f64::INFINITY; 3];
     for round in 1..=rounds {
-        let (h, s, g) = (time(&mut hooked), time(&mut syscall), time(&mut glibc));
-        eprintln!("pipe round {round}: hooked {h:.0} ns, syscall {s:.0} ns, glibc {g:.0} ns");
-        best.hooked = best.hooked.min(h);
-        best.syscall = best.syscall.min(s);
-        best.glibc = best.glibc.min(g);
+        // Each way goes first in turn, so none always follows the same one.
+        let mut ns = [0.0; 3];
+        for k in 0..3 {
+            let way = (round + k) % 3;
+            ns[way] = time(&mut *ways[way]);
+        }
+        if round % 100 == 1 {
+            eprintln!(
+                "pipe round {round}: hooked {:.0} ns, syscall {:.0} ns, glibc {:.0} ns",
+                ns[0], ns[1], ns[2]
+            );
+        }
+        for (b, n) in best_ns.iter_mut().zip(ns) {
+            *b = b.min(n);
+        }
     }
+    let best = PipeCost {
+        hooked: best_ns[0],
+        syscall: best_ns[1],
+        glibc: best_ns[2],
+    };
     // SAFETY: closing the two descriptors pipe() gave us, used by nothing else.
     unsafe {
         libc::close(r);
