@@ -125,7 +125,7 @@ fn ureq_agents_keep_their_connections_alive_across_requests_in_greenlets() {
     // non-blocking mode, expects `WouldBlock` from a read, and switches it back — on a
     // socket that the hooks already made non-blocking in the kernel.
     const AGENTS: usize = 4;
-    const REQUESTS: usize = 10;
+    const REQUESTS: usize = 5;
     let server = SlowHttp::start(LATENCY).unwrap();
     let base = server.url("");
     let (results, ticks, elapsed) = run_bounded(
@@ -141,7 +141,7 @@ fn ureq_agents_keep_their_connections_alive_across_requests_in_greenlets() {
                     greenhub::spawn(move || -> Result<(), String> {
                         let agent = ureq::agent();
                         for r in 0..REQUESTS {
-                            let path = format!("/delay/20/agent/{a}/{r}");
+                            let path = format!("/delay/100/agent/{a}/{r}");
                             let body = agent
                                 .get(format!("{base}{path}"))
                                 .call()
@@ -169,10 +169,11 @@ fn ureq_agents_keep_their_connections_alive_across_requests_in_greenlets() {
         AGENTS as u64,
         "each agent should have made one connection and reused it"
     );
-    // Each agent's requests run one after another (10 x 20 ms); the agents overlap.
+    // Each agent's requests run one after another (5 x 100 ms); the agents overlap (all
+    // 20 one after another would take 2 s).
     assert!(
-        elapsed < Duration::from_secs(2),
-        "{AGENTS} agents x {REQUESTS} requests of 20 ms took {elapsed:?}"
+        elapsed < Duration::from_millis(1500),
+        "{AGENTS} agents x {REQUESTS} requests of 100 ms took {elapsed:?}"
     );
     assert_ticked("ticker during the keep-alive GETs", ticks, elapsed);
 }
