@@ -203,6 +203,28 @@ fn a_socket_the_user_made_non_blocking_gets_would_block() {
 }
 
 #[test]
+fn msg_dontwait_on_a_blocking_socket_does_not_wait() {
+    patched();
+    let (client, _server) = pair();
+    spawn(move || {
+        let fd = client.as_raw_fd();
+        let mut buf = [0u8; 4];
+        let t = Instant::now();
+        // SAFETY: receives into our buffer.
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 4, libc::MSG_DONTWAIT) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN)
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(!user_nonblocking(fd));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
 fn so_rcvtimeo_gives_would_block_after_the_timeout_while_others_run() {
     patched();
     let (client, _server) = pair();
@@ -873,4 +895,383 @@ fn a_std_stream_used_under_the_hooks_converts_to_a_greenhub_net_stream() {
     .join()
     .unwrap();
     peer.join().unwrap();
+}
+
+/// The inodes of the files registered under descriptor number `fd` in this process's
+/// `epoll` instances (from `/proc/self/fdinfo`).
+fn epoll_registrations(fd: RawFd) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_epoll = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().contains("eventpoll"));
+        let info = format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = std::fs::read_to_string(info)
+            .map_err(drop)
+            .and_then(|i| if is_epoll { Ok(i) } else { Err(()) })
+        else {
+            continue;
+        };
+        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+            let field = |name: &str| {
+                let at = line.find(name)? + name.len();
+                line[at..].split_whitespace().next().map(str::to_string)
+            };
+            let tfd: Option<RawFd> = field("tfd:").and_then(|v| v.parse().ok());
+            let ino = field("ino:").and_then(|v| u64::from_str_radix(&v, 16).ok());
+            if let (Some(t), Some(ino)) = (tfd, ino)
+                && t == fd
+            {
+                inodes.push(ino);
+            }
+        }
+    }
+    inodes
+}
+
+/// The inode of the file `fd` names.
+fn inode(fd: RawFd) -> u64 {
+    // SAFETY: fstat writes into the struct we pass.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::fstat(fd, &mut st), 0);
+        st.st_ino
+    }
+}
+
+/// Makes `client` wait once on the hub (so that its descriptor gets registered).
+fn wait_once(client: &TcpStream, server: &Rc<TcpStream>) {
+    let s = server.clone();
+    let writer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(20));
+        (&*s).write_all(b"a").unwrap();
+    });
+    (&*client).read_exact(&mut [0; 1]).unwrap();
+    writer.join().unwrap();
+}
+
+#[test]
+fn closing_a_registered_socket_deregisters_it_while_its_file_stays_open() {
+    patched();
+    let (client, server) = pair();
+    spawn(move || {
+        wait_once(&client, &Rc::new(server));
+        let (fd, file) = (client.as_raw_fd(), inode(client.as_raw_fd()));
+        assert!(
+            epoll_registrations(fd).contains(&file),
+            "registered with the hub"
+        );
+        // epoll keys a registration by (fd, open file), and `keep` keeps the file open:
+        // unless close deregisters the fd first, the registration outlives it.
+        let keep = client.try_clone().unwrap();
+        drop(client);
+        assert!(
+            !epoll_registrations(fd).contains(&file),
+            "left behind by close"
+        );
+        drop(keep);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn dup2_over_a_registered_socket_deregisters_it_first() {
+    patched();
+    let (client, server) = pair();
+    spawn(move || {
+        let server = Rc::new(server);
+        wait_once(&client, &server);
+        let (fd, file) = (client.as_raw_fd(), inode(client.as_raw_fd()));
+        assert!(
+            epoll_registrations(fd).contains(&file),
+            "registered with the hub"
+        );
+        let keep = client.try_clone().unwrap();
+        let (other, _other_peer) = pair();
+        // SAFETY: points `client`'s descriptor at another socket.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), fd) }, fd);
+        assert!(
+            !epoll_registrations(fd).contains(&file),
+            "left behind by dup2"
+        );
+        // SAFETY: and back at its own socket, still open through `keep`.
+        assert_eq!(unsafe { libc::dup2(keep.as_raw_fd(), fd) }, fd);
+        let ticker = Ticker::start();
+        wait_once(&client, &server);
+        let ticks = ticker.stop();
+        assert!(ticks >= 1, "the read waited on the hub again");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn splice_from_a_socket_waits_on_the_hub() {
+    patched();
+    let (client, server) = pair();
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    let r = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0);
+    let ticker = Ticker::start();
+    let writer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(100));
+        (&server).write_all(b"spliced").unwrap();
+        server
+    });
+    let moved = spawn(move || {
+        // SAFETY: moves up to 64 bytes from the socket into the pipe's write end.
+        unsafe {
+            libc::splice(
+                client.as_raw_fd(),
+                std::ptr::null_mut(),
+                pipe[1],
+                std::ptr::null_mut(),
+                64,
+                0,
+            )
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(moved, 7);
+    writer.join().unwrap();
+    assert!(ticker.stop() >= 5, "the splice blocked the hub");
+    let mut buf = [0u8; 7];
+    // SAFETY: reads the pipe into our buffer, then closes both ends.
+    unsafe {
+        assert_eq!(libc::read(pipe[0], buf.as_mut_ptr().cast(), 7), 7);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    assert_eq!(&buf, b"spliced");
+}
+
+#[test]
+fn poll_and_select_wait_on_the_hub_and_report_as_the_kernel() {
+    patched();
+    let (client, server) = pair();
+    let ticker = Ticker::start();
+    let writer = spawn(move || {
+        greenhub::sleep(Duration::from_millis(100));
+        (&server).write_all(b"x").unwrap();
+        greenhub::sleep(Duration::from_millis(100));
+        (&server).write_all(b"y").unwrap();
+        server
+    });
+    let fd = client.as_raw_fd();
+    spawn(move || {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd on our stack.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1);
+        assert_eq!(p.revents, libc::POLLIN);
+        (&client).read_exact(&mut [0; 1]).unwrap();
+        // A poll that times out returns 0, after its timeout.
+        let t = Instant::now();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 30) }, 0);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // select, with the time left written back.
+        // SAFETY: fd_set manipulation on sets we own; `fd` < FD_SETSIZE.
+        unsafe {
+            let mut set: libc::fd_set = std::mem::zeroed();
+            libc::FD_ZERO(&mut set);
+            libc::FD_SET(fd, &mut set);
+            let mut tv = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            let n = libc::select(
+                fd + 1,
+                &mut set,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut tv,
+            );
+            assert_eq!(n, 1);
+            assert!(libc::FD_ISSET(fd, &set));
+            assert!(tv.tv_sec < 5 && tv.tv_sec >= 3, "time left: {}s", tv.tv_sec);
+        }
+        (&client).read_exact(&mut [0; 1]).unwrap();
+    })
+    .join()
+    .unwrap();
+    writer.join().unwrap();
+    assert!(ticker.stop() >= 10, "poll or select blocked the hub");
+}
+
+/// A listener whose accept queue is full: a further connect gets no answer (its SYN is
+/// dropped) until it gives up. Returns the listener's descriptor and address; the one
+/// connection that fills the queue is returned too, to keep it open.
+fn full_listener() -> (RawFd, SocketAddr, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let fd = l.into_raw_fd();
+    // SAFETY: shrinks the listener's backlog to nothing.
+    assert_eq!(unsafe { libc::listen(fd, 0) }, 0);
+    let filler = TcpStream::connect(addr).unwrap();
+    (fd, addr, filler)
+}
+
+/// A blocking connect to `addr` with SO_SNDTIMEO set: (result, errno, time taken).
+fn connect_with_send_timeout(addr: SocketAddr, timeout: Duration) -> (i32, Option<i32>, Duration) {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: a new socket, options and an address from structs on our stack; the
+    // socket is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: timeout.as_micros() as libc::suseconds_t,
+        };
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let t = Instant::now();
+        let r = libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let errno = io::Error::last_os_error().raw_os_error();
+        let took = t.elapsed();
+        libc::close(fd);
+        (r, if r == 0 { None } else { errno }, took)
+    }
+}
+
+#[test]
+fn a_connect_that_outlasts_so_sndtimeo_says_einprogress_as_linux_does() {
+    patched();
+    let (listener, addr, _filler) = full_listener();
+    let timeout = Duration::from_millis(200);
+    // What Linux itself answers (a plain thread: the real call).
+    let real = std::thread::spawn(move || connect_with_send_timeout(addr, timeout))
+        .join()
+        .unwrap();
+    assert_eq!((real.0, real.1), (-1, Some(libc::EINPROGRESS)), "{real:?}");
+    let ticker = Ticker::start();
+    let hooked = spawn(move || connect_with_send_timeout(addr, timeout))
+        .join()
+        .unwrap();
+    assert_eq!(
+        (hooked.0, hooked.1),
+        (-1, Some(libc::EINPROGRESS)),
+        "{hooked:?}"
+    );
+    assert!(
+        hooked.2 >= timeout && hooked.2 < Duration::from_secs(3),
+        "{hooked:?}"
+    );
+    assert!(ticker.stop() >= 5, "the connect blocked the hub");
+    // SAFETY: closes the listener we own.
+    unsafe { libc::close(listener) };
+}
+
+unsafe extern "C" {
+    // What C code built with _FORTIFY_SOURCE calls for recv and poll.
+    fn __recv_chk(fd: i32, buf: *mut libc::c_void, len: usize, buflen: usize, flags: i32) -> isize;
+    fn __poll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: i32, fdslen: usize) -> i32;
+}
+
+#[test]
+fn the_fortified_variants_cooperate_too() {
+    patched();
+    let (client, server) = pair();
+    let ticker = Ticker::start();
+    let writer = spawn(move || {
+        for msg in [b"1", b"2"] {
+            greenhub::sleep(Duration::from_millis(100));
+            (&server).write_all(msg).unwrap();
+        }
+        server
+    });
+    let fd = client.as_raw_fd();
+    spawn(move || {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd on our stack, its true size given.
+        let n = unsafe { __poll_chk(&mut p, 1, 5000, size_of::<libc::pollfd>()) };
+        assert_eq!((n, p.revents), (1, libc::POLLIN));
+        let mut buf = [0u8; 4];
+        // SAFETY: receives into our buffer, its true size given.
+        assert_eq!(
+            unsafe { __recv_chk(fd, buf.as_mut_ptr().cast(), 4, 4, 0) },
+            1
+        );
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { __recv_chk(fd, buf.as_mut_ptr().cast(), 4, 4, 0) },
+            1
+        );
+        drop(client);
+    })
+    .join()
+    .unwrap();
+    writer.join().unwrap();
+    assert!(ticker.stop() >= 10, "a fortified call blocked the hub");
+}
+
+#[test]
+fn a_killed_greenlet_that_retries_a_hooked_call_does_not_spin() {
+    patched();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (errors, accepted, stop) = (
+        Rc::new(Cell::new(0)),
+        Rc::new(Cell::new(0)),
+        Rc::new(Cell::new(false)),
+    );
+    let (e, a, s) = (errors.clone(), accepted.clone(), stop.clone());
+    // An accept loop that carries on after an error, as servers written for threads do
+    // (bounded: a spinning loop ends after 1,000 errors, and the test fails).
+    let server = spawn(move || {
+        while !s.get() && e.get() < 1000 {
+            match listener.accept() {
+                Ok(_) => a.set(a.get() + 1),
+                Err(_) => e.set(e.get() + 1),
+            }
+        }
+    });
+    greenhub::sleep(Duration::from_millis(20));
+    let ticker = Ticker::start();
+    assert!(matches!(
+        server.kill_timeout(Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    assert_eq!(
+        errors.get(),
+        1,
+        "the kill failed one accept, then it blocked again"
+    );
+    let ticks = ticker.stop();
+    assert!(ticks >= 5, "the hub kept running ({ticks} ticks)");
+    // It still serves, and ends when told to.
+    stop.set(true);
+    drop(TcpStream::connect(addr).unwrap());
+    server.join_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(accepted.get(), 1);
 }

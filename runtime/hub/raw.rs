@@ -99,12 +99,23 @@ pub(crate) fn this_thread_hub() -> Option<Rc<Hub>> {
 
 /// Runs `f` (a wait on the hub) so that nothing unwinds out of it.
 ///
+/// A kill is reported once: the wait it cuts short fails with [`Error::Killed`], and the
+/// kill stays pending for the next switch point outside the hooks (which unwinds). Until
+/// then later hooked waits go on as usual, so that code retrying a failed call in a loop
+/// does not spin; another kill request fails one more wait.
+///
 /// # Errors
-/// `f`'s error; [`Error::Killed`] when the greenlet was killed during `f` (the kill stays
-/// pending: the next switch point outside the hook delivers it); [`Error::Panicked`] when
-/// a panic was raised at the greenlet's switch point (a child greenlet's, reported here).
+/// `f`'s error; [`Error::Killed`] when the greenlet was killed during `f`;
+/// [`Error::Panicked`] when a panic was raised at the greenlet's switch point (a child
+/// greenlet's, reported here).
 pub(crate) fn no_unwind<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let task = super::with_hub(|hub| hub.current_task());
+    let hidden = task.kill_reported.get() && task.kill_pending.replace(false);
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    if hidden && outcome.is_ok() {
+        task.kill_pending.set(true);
+    }
+    match outcome {
         Ok(r) => r,
         Err(payload) if payload.is::<GreenletExit>() => {
             if crate::greenlet::is_forced_unwind() {
@@ -115,7 +126,8 @@ pub(crate) fn no_unwind<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Er
                 );
                 std::process::abort();
             }
-            super::with_hub(|hub| hub.current_task().kill_pending.set(true));
+            task.kill_pending.set(true);
+            task.kill_reported.set(true);
             Err(Error::Killed)
         }
         Err(payload) => {
@@ -170,11 +182,32 @@ impl Hub {
     /// hooks' waits; returns its token. One registration per descriptor, kept until
     /// [`deregister_raw`](Hub::deregister_raw).
     ///
+    /// A registration this `epoll` already has for the same descriptor and file (left by
+    /// a close the hooks did not see, the file being open elsewhere) is taken over.
+    ///
     /// # Errors
-    /// `epoll_ctl`'s (`EPERM` for a regular file, `EEXIST` if already registered here).
+    /// `epoll_ctl`'s (`EPERM` for a regular file).
     pub(crate) fn register_raw(&self, fd: RawFd) -> io::Result<usize> {
         self.list_for_hooks()?;
-        self.register_io_fd(&mut SourceFd(&fd), fd)
+        match self.register_io_fd(&mut SourceFd(&fd), fd) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let mut slot = super::io::Slot::default();
+                slot.fd = fd;
+                let token = self.io.slots.borrow_mut().insert(slot);
+                let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+                let taken = self.poll.borrow().registry().reregister(
+                    &mut SourceFd(&fd),
+                    mio::Token(token),
+                    interest,
+                );
+                if let Err(e) = taken {
+                    self.io.slots.borrow_mut().remove(token);
+                    return Err(e);
+                }
+                Ok(token)
+            }
+            r => r,
+        }
     }
 
     /// Deregisters `fd` (still open) and wakes its waiters; `false` if the hub is busy

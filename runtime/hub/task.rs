@@ -65,6 +65,9 @@ pub(crate) struct Task<C: ?Sized = dyn std::any::Any> {
     pub(crate) wake: Cell<Wake>,
     /// A kill was requested and not yet delivered.
     pub(crate) kill_pending: Cell<bool>,
+    /// A hooked libc call (the `monkey` feature) has failed with `ECANCELED` for the
+    /// pending kill; later hooked waits do not fail for it again (see `raw::no_unwind`).
+    pub(crate) kill_reported: Cell<bool>,
     /// Open `Timeout` scopes, innermost last.
     pub(crate) scopes: RefCell<Vec<Scope>>,
     /// What it waits for (while `waiting` is non-zero).
@@ -86,6 +89,7 @@ impl<C> Task<C> {
             waiting: Cell::new(0),
             wake: Cell::new(Wake::Ready),
             kill_pending: Cell::new(false),
+            kill_reported: Cell::new(false),
             scopes: RefCell::new(Vec::new()),
             waiting_on: Cell::new(WaitOn::Nothing),
             runs: Cell::new(0),

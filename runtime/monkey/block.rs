@@ -66,7 +66,6 @@ pub(super) fn plan(fd: c_int) -> Option<Blocking> {
 }
 
 /// [`plan`] for a call that can cooperate: makes the socket non-blocking in the kernel.
-#[cold]
 #[inline(never)]
 fn cooperate(fd: c_int, entry: &'static Entry) -> Option<Blocking> {
     let busy = Busy::enter();

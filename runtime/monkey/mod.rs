@@ -8,7 +8,7 @@
 //! or, in a greenlet, waits for the descriptor or the timer on the hub while the other
 //! greenlets run. Nothing happens until [`patch_all`] turns the hooks on.
 //!
-//! ```no_run
+//! ```
 //! use std::io::{Read, Write};
 //! use std::net::{TcpListener, TcpStream};
 //!
@@ -34,14 +34,19 @@
 //!
 //! # Where a hook cooperates
 //!
-//! In a greenlet other than the hub, on a thread that has a hub (one greenhub call on
-//! the thread made it); from the thread's main greenlet it runs the hub until the call
-//! can go on, as [`greenhub::net`](crate::net) does. Everywhere else it behaves exactly
+//! In a greenlet other than the hub, on a thread that has a hub (the first greenhub call
+//! on a thread — `spawn`, `sleep`, … — makes it; a hook never does); from the thread's
+//! main greenlet it runs the hub until the call can go on, as
+//! [`greenhub::net`](crate::net) does. Everywhere else it behaves exactly
 //! like the real call: on plain threads (greenhub's thread pool and monitor among them),
 //! in the hub greenlet, in a signal handler, in a hook called from inside a hook, in a
-//! child after `fork`, and everywhere before `patch_all` — there a hook costs a load
-//! and a branch, and allocates nothing, takes no lock and initialises nothing (std calls
-//! `poll` on descriptors 0-2 before `main`).
+//! child after `fork`, and everywhere before `patch_all`. Before `patch_all` a hook
+//! costs a load and a branch; after it, where it does not cooperate, a few loads (the
+//! mode, two thread-locals, the descriptor's entry). Neither allocates, takes a lock or
+//! initialises anything (std calls `poll` on descriptors 0-2 before `main`). The hooks
+//! that make or close descriptors (`socket`, `accept`, `dup*`, `close`) also keep the
+//! table right everywhere: an atomic update, and deregistering a descriptor that a hub
+//! had registered.
 //!
 //! # The semantics kept (libco's model)
 //!
@@ -74,6 +79,12 @@
 //!   `thread::sleep` treats any error but `EINTR` as a bug): a kill or timeout ends the
 //!   sleep early, as if it had slept, and lands at the next switch point.
 //!   `getaddrinfo` fails with `EAI_SYSTEM` and `errno` `ECANCELED`/`ETIMEDOUT`.
+//!   A kill fails one hooked call; until it lands, later hooked calls block as usual (code
+//!   that retries a failed call in a loop does not spin), so a greenlet that only ever
+//!   blocks in hooked calls — `loop { work(); std::thread::sleep(..) }` — is not killed:
+//!   give it a switch point ([`greenhub::sleep`](crate::sleep)`(Duration::ZERO)` in the
+//!   loop is one). An expired `Timeout` scope, as everywhere in greenhub, fails every
+//!   wait in it until the scope is dropped.
 //! - **Close.** A descriptor closed while greenlets wait on it wakes them with `EBADF`.
 //!   Each descriptor has one registration with a hub's `epoll`, made the first time a
 //!   greenlet waits on it; `close`, `dup2` and `dup3` deregister it before the real call
@@ -89,7 +100,8 @@
 //! `fcntl` (and `fcntl64`), `ioctl(FIONBIO)`, `setsockopt` (`SO_RCVTIMEO`/`SO_SNDTIMEO`:
 //! `getsockopt` needs no hook, the kernel keeps the user's values); `getaddrinfo` (run on
 //! greenhub's thread pool while the greenlet waits); `sigaction` and `signal` (to know
-//! when a signal handler runs).
+//! when a signal handler runs); and the `_FORTIFY_SOURCE` variants `__read_chk`,
+//! `__recv_chk`, `__recvfrom_chk`, `__poll_chk`, `__ppoll_chk` that fortified C code calls.
 //!
 //! # What is not, and why
 //!
@@ -131,6 +143,7 @@ mod block;
 mod context;
 mod dns;
 mod fdtable;
+mod fortify;
 mod io;
 mod poll;
 mod real;
@@ -142,13 +155,13 @@ use std::sync::Once;
 
 /// Every hook, referenced from [`patch_all`] so that the linker keeps them all in a
 /// binary that calls nothing else of this module.
-struct Hooks(#[allow(dead_code)] [*const (); 40]);
+struct Hooks(#[allow(dead_code)] &'static [*const ()]);
 
 // SAFETY: function addresses, never written and never dereferenced as data.
 unsafe impl Sync for Hooks {}
 
 #[used]
-static HOOKS: Hooks = Hooks([
+static HOOKS: Hooks = Hooks(&[
     io::read as *const (),
     io::readv as *const (),
     io::write as *const (),
@@ -185,10 +198,13 @@ static HOOKS: Hooks = Hooks([
     dns::getaddrinfo as *const (),
     signal::sigaction as *const (),
     signal::signal as *const (),
+    fortify::__read_chk as *const (),
+    fortify::__recv_chk as *const (),
+    fortify::__recvfrom_chk as *const (),
+    fortify::__poll_chk as *const (),
+    fortify::__ppoll_chk as *const (),
     resolve_at_start as *const (),
     child_after_fork as *const (),
-    std::ptr::null(),
-    std::ptr::null(),
 ]);
 
 /// Resolves the real functions before `main` (and before std's own start-up calls).
