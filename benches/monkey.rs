@@ -349,6 +349,9 @@ fn echo_servers(s: &Settings) -> Vec<EchoCell> {
                         String::new()
                     }
                 );
+                if rps == 0.0 && errors == 0 {
+                    eprintln!("echo round {round}: {name}: no round trip completed in the window");
+                }
                 cell.errors += errors;
                 let best = if addr == hooked {
                     &mut cell.hooked
