@@ -180,8 +180,10 @@ fn ureq_agents_keep_their_connections_alive_across_requests_in_greenlets() {
 
 #[test]
 fn ureq_own_timeout_fires_in_greenlets_without_blocking_the_hub() {
-    // ureq's own deadline: it sets SO_RCVTIMEO on its socket and expects the read to
-    // give up with EAGAIN, as Linux's blocking read does.
+    // ureq's own deadline for the response: it sets SO_RCVTIMEO on its socket and
+    // expects the read to give up with EAGAIN, as Linux's blocking read does. (Not its
+    // global timeout: that one also bounds name resolution, which ureq then does on a
+    // thread of its own and waits for on a std channel, a futex that blocks the hub.)
     const GREENLETS: usize = 50;
     const OWN_TIMEOUT: Duration = Duration::from_millis(500);
     let server = SlowHttp::start(LATENCY).unwrap();
@@ -190,7 +192,7 @@ fn ureq_own_timeout_fires_in_greenlets_without_blocking_the_hub() {
         run_bounded("ureq's own timeout", Duration::from_secs(120), move || {
             patch();
             let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(OWN_TIMEOUT))
+                .timeout_recv_response(Some(OWN_TIMEOUT))
                 .build()
                 .into();
             let ticker = Ticker::start();
