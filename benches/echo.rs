@@ -1,6 +1,8 @@
 //! Echo round trips (issue 5): 1, 100, 1,000 and 10,000 concurrent connections, 64-byte
-//! and 4 KiB messages, against three servers in the same run — greenhub (one hub),
-//! tokio `current_thread` and std thread-per-connection — all driven by the same client
+//! and 4 KiB messages, against four servers in the same run — greenhub (one hub),
+//! tokio `current_thread`, may with one worker and std thread-per-connection, each
+//! reading up to 4 KiB and writing it back (`examples/support/peers.rs`) — all driven by
+//! the same client
 //! in a separate process (this binary again, `--role-client`), a closed loop: every
 //! connection sends a message, waits for its echo, and sends the next.
 //!
@@ -30,16 +32,23 @@ const SIZES: [usize; 2] = [64, 4096];
 enum Server {
     Greenhub,
     Tokio,
+    May,
     Threads,
 }
 
 impl Server {
-    const ALL: [Server; 3] = [Server::Greenhub, Server::Tokio, Server::Threads];
+    const ALL: [Server; 4] = [
+        Server::Greenhub,
+        Server::Tokio,
+        Server::May,
+        Server::Threads,
+    ];
 
     fn key(self) -> &'static str {
         match self {
             Server::Greenhub => "greenhub",
             Server::Tokio => "tokio",
+            Server::May => "may",
             Server::Threads => "threads",
         }
     }
@@ -48,6 +57,7 @@ impl Server {
         match self {
             Server::Greenhub => "greenhub (1 hub)",
             Server::Tokio => "tokio current_thread",
+            Server::May => "may, 1 worker",
             Server::Threads => "std thread/conn",
         }
     }
@@ -61,6 +71,13 @@ impl Server {
                     .expect("greenhub server");
                 let addr = server.local_addr();
                 std::mem::forget(server); // serves until the bench exits
+                addr
+            }
+            Server::May => {
+                // may's own bind: SO_REUSEADDR and a backlog of 1,024, like the others.
+                let l = may::net::TcpListener::bind("127.0.0.1:0").expect("may bind");
+                let addr = l.local_addr().expect("addr");
+                peers::may_echo(l); // serves until the bench exits
                 addr
             }
             Server::Tokio | Server::Threads => {
@@ -89,6 +106,7 @@ fn main() {
         client(&args[i + 1..]);
         return;
     }
+    peers::may_one_worker();
     let quick = args.iter().any(|a| a == "--quick");
     let (warmup, measure, rounds) = if quick {
         (Duration::from_millis(200), Duration::from_millis(500), 1)
@@ -143,9 +161,9 @@ fn main() {
     };
     println!();
     println!(
-        "| connections | message | greenhub (1 hub) | tokio current_thread | std thread/conn | greenhub / tokio |"
+        "| connections | message | greenhub (1 hub) | tokio current_thread | may, 1 worker | std thread/conn | greenhub / tokio | greenhub / may |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for conns in CONNS {
         for size in SIZES {
             let cells: Vec<String> = Server::ALL
@@ -165,10 +183,11 @@ fn main() {
                     )
                 })
                 .collect();
-            let ratio = get(conns, size, Server::Greenhub).rps
-                / get(conns, size, Server::Tokio).rps.max(1e-9);
+            let greenhub = get(conns, size, Server::Greenhub).rps;
+            let ratio = greenhub / get(conns, size, Server::Tokio).rps.max(1e-9);
+            let ratio_may = greenhub / get(conns, size, Server::May).rps.max(1e-9);
             println!(
-                "| {} | {} | {} | {} | {} | {ratio:.2}x |",
+                "| {} | {} | {} | {} | {} | {} | {ratio:.2}x | {ratio_may:.2}x |",
                 load::thousands(conns as u64),
                 if size >= 1024 {
                     format!("{} KiB", size / 1024)
@@ -177,7 +196,8 @@ fn main() {
                 },
                 cells[0],
                 cells[1],
-                cells[2]
+                cells[2],
+                cells[3]
             );
         }
     }
@@ -192,9 +212,14 @@ fn main() {
         for size in SIZES {
             let g = get(conns, size, Server::Greenhub).rps;
             let t = get(conns, size, Server::Tokio).rps;
+            let m = get(conns, size, Server::May).rps;
             println!(
                 "BENCH echo_ratio_greenhub_tokio_{conns}c_{size}b {:.2} x",
                 g / t
+            );
+            println!(
+                "BENCH echo_ratio_greenhub_may_{conns}c_{size}b {:.2} x",
+                g / m
             );
         }
     }

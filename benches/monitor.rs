@@ -111,11 +111,29 @@ fn detection_latency(episodes: usize, threshold: Duration) -> (f64, f64) {
         })),
         ..Config::default()
     });
+    // The monitor reports only blocks that keep someone waiting: a greenlet whose 1 ms
+    // timer comes due while each hog runs.
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let ticking = stop.clone();
+    let ticker = spawn(move || {
+        while !ticking.get() {
+            greenhub::sleep(Duration::from_millis(1));
+        }
+    });
+    greenhub::sleep(Duration::ZERO);
     let mut lat = Vec::new();
     for _ in 0..episodes {
+        // Spins until its report is in (at most 2 s): a busy machine that starves the hog
+        // delays its report, and a hog that stopped first would never get one.
+        let seen = reported.clone();
         let h = spawn(move || {
             let start = Instant::now();
-            spin(threshold * 2);
+            let me = getcurrent().id();
+            while start.elapsed() < Duration::from_secs(2)
+                && !seen.lock().unwrap().iter().any(|(g, _)| *g == me)
+            {
+                spin(Duration::from_millis(1));
+            }
             start
         });
         let id = h.id();
@@ -139,6 +157,8 @@ fn detection_latency(episodes: usize, threshold: Duration) -> (f64, f64) {
             greenhub::sleep(Duration::from_millis(1));
         }
     }
+    stop.set(true);
+    ticker.join().unwrap();
     monitor::configure(Config::default());
     lat.sort_by(f64::total_cmp);
     assert_eq!(lat.len(), episodes, "every episode was reported: {lat:?}");

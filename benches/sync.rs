@@ -1,34 +1,76 @@
-//! Queue costs (issue 6) against tokio `current_thread` + `tokio::sync::mpsc`, same run:
+//! Queue costs against tokio `current_thread` + `tokio::sync::mpsc` and may (one worker)
+//! + `may::sync::mpsc`, in the same run:
 //!
-//! - ping-pong: two greenlets (tasks) bounce a message over two unbounded queues;
+//! - ping-pong: two greenlets (tasks, coroutines) bounce a `u64` over two queues, either
+//!   unbounded (`Queue::new`, `mpsc::unbounded_channel`, may's `mpsc::channel`) or
+//!   bounded to `CAPACITY` (`Queue::bounded`, `mpsc::channel`; may 0.3 has no bounded
+//!   channel, so that row has no may figure);
 //! - fan-out: one producer feeds 100 consumers through one queue of capacity 100 (tokio:
-//!   the usual `Arc<tokio::sync::Mutex<mpsc::Receiver>>` shared by the consumers).
+//!   the usual `Arc<tokio::sync::Mutex<mpsc::Receiver>>` shared by the consumers; may has
+//!   no bounded channel, so greenhub and tokio only).
 //!
-//! Run: `cargo bench --bench sync`. Figures are ns per message, best of `ROUNDS` rounds;
-//! prints a table and `BENCH <name> <value> <unit>` lines.
+//! greenhub and tokio run on the bench's main thread; may runs on its worker (unpinned),
+//! inside a coroutine that the main thread joins, so its messages stay on one thread.
+//!
+//! Run: `cargo bench --bench sync` (`-- --quick` for a short run). Figures are ns per
+//! message, medians over rounds that interleave the peers in a rotating order; prints a
+//! table and `BENCH <name> <value> <unit>` lines.
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use greenhub::monitor::{self, Config};
 use greenhub::sync::Queue;
 use greenhub::{joinall, spawn};
 
-const ROUNDS: usize = 7;
 const PINGPONG: u64 = 200_000;
 const FANOUT: u64 = 1_000_000;
 const CONSUMERS: usize = 100;
 const CAPACITY: usize = 100;
 
-/// Best ns per message over `ROUNDS` rounds of `round`, which moves `messages` messages.
-fn best_ns(messages: u64, mut round: impl FnMut() -> Duration) -> f64 {
-    (0..ROUNDS)
-        .map(|_| round().as_secs_f64() * 1e9 / messages as f64)
-        .fold(f64::INFINITY, f64::min)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Greenhub,
+    Tokio,
+    May,
 }
 
-fn greenhub_pingpong() -> Duration {
-    let (ping, pong) = (Queue::new(), Queue::new());
+const PEERS: [Peer; 3] = [Peer::Greenhub, Peer::Tokio, Peer::May];
+
+/// The peers in the order of round `round`: each one goes first in turn.
+fn rotated(round: usize) -> impl Iterator<Item = Peer> {
+    (0..PEERS.len()).map(move |i| PEERS[(round + i) % PEERS.len()])
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn ns_per(d: Duration, messages: u64) -> f64 {
+    d.as_secs_f64() * 1e9 / messages as f64
+}
+
+/// A ping-pong over two queues (`bounded`: of capacity `CAPACITY`), `PINGPONG` round trips.
+fn greenhub_pingpong(bounded: bool) -> Duration {
+    let queue = || {
+        if bounded {
+            Queue::bounded(CAPACITY)
+        } else {
+            Queue::new()
+        }
+    };
+    let (ping, pong) = (queue(), queue());
     let (ping2, pong2) = (ping.clone(), pong.clone());
     let echo = spawn(move || {
         while let Ok(v) = ping2.get() {
@@ -78,10 +120,31 @@ fn tokio_rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn tokio_pingpong(rt: &tokio::runtime::Runtime) -> Duration {
+fn tokio_pingpong(rt: &tokio::runtime::Runtime, bounded: bool) -> Duration {
+    use tokio::sync::mpsc;
     rt.block_on(async {
-        let (ping_tx, mut ping_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        if bounded {
+            let (ping_tx, mut ping_rx) = mpsc::channel::<u64>(CAPACITY);
+            let (pong_tx, mut pong_rx) = mpsc::channel::<u64>(CAPACITY);
+            let echo = tokio::spawn(async move {
+                while let Some(v) = ping_rx.recv().await {
+                    pong_tx.send(v).await.unwrap();
+                }
+            });
+            let t = Instant::now();
+            let player = tokio::spawn(async move {
+                for i in 0..PINGPONG {
+                    ping_tx.send(i).await.unwrap();
+                    black_box(pong_rx.recv().await.unwrap());
+                }
+            });
+            player.await.unwrap();
+            let elapsed = t.elapsed();
+            echo.await.unwrap();
+            return elapsed;
+        }
+        let (ping_tx, mut ping_rx) = mpsc::unbounded_channel::<u64>();
+        let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<u64>();
         let echo = tokio::spawn(async move {
             while let Some(v) = ping_rx.recv().await {
                 pong_tx.send(v).unwrap();
@@ -99,6 +162,48 @@ fn tokio_pingpong(rt: &tokio::runtime::Runtime) -> Duration {
         echo.await.unwrap();
         elapsed
     })
+}
+
+/// Runs `f` in a may coroutine (on may's worker) and waits for it on this thread.
+///
+/// may's `go!` wraps its `unsafe fn spawn`: a may coroutine may move between worker
+/// threads, so it must not hold a thread-local across a switch. The coroutines of this
+/// bench touch no thread-locals, and with one worker they never move.
+fn in_may<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    may::go!(f).join().expect("the may coroutine panicked")
+}
+
+/// The unbounded ping-pong on may's channels (may has no bounded one).
+fn may_pingpong() -> Duration {
+    in_may(|| {
+        let (ping_tx, ping_rx) = may::sync::mpsc::channel::<u64>();
+        let (pong_tx, pong_rx) = may::sync::mpsc::channel::<u64>();
+        let echo = may::go!(move || {
+            while let Ok(v) = ping_rx.recv() {
+                pong_tx.send(v).unwrap();
+            }
+        });
+        let t = Instant::now();
+        let player = may::go!(move || {
+            for i in 0..PINGPONG {
+                ping_tx.send(i).unwrap();
+                black_box(pong_rx.recv().unwrap());
+            }
+        });
+        player.join().unwrap();
+        let elapsed = t.elapsed();
+        echo.join().unwrap();
+        elapsed
+    })
+}
+
+fn pingpong(peer: Peer, rt: &tokio::runtime::Runtime, bounded: bool) -> Option<Duration> {
+    match peer {
+        Peer::Greenhub => Some(greenhub_pingpong(bounded)),
+        Peer::Tokio => Some(tokio_pingpong(rt, bounded)),
+        Peer::May if bounded => None,
+        Peer::May => Some(may_pingpong()),
+    }
 }
 
 fn tokio_fanout(rt: &tokio::runtime::Runtime) -> Duration {
@@ -140,35 +245,121 @@ fn tokio_fanout(rt: &tokio::runtime::Runtime) -> Duration {
     })
 }
 
+fn fmt_ns(v: f64) -> String {
+    if v.is_nan() {
+        "—".to_string()
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() {
+        "—".to_string()
+    } else {
+        format!("{:.2}x", a / b)
+    }
+}
+
 fn main() {
+    may::config().set_workers(1);
+    may::config().set_worker_pin(false);
+    // tokio and may run on the main thread, whose hub the monitor then sees as a greenlet
+    // running without switching: count those reports instead of printing them.
+    let reports = Arc::new(AtomicU64::new(0));
+    let sink = reports.clone();
+    monitor::configure(Config {
+        stderr: false,
+        callback: Some(Arc::new(move |r: &monitor::BlockReport| {
+            if !r.finished {
+                sink.fetch_add(1, Ordering::Relaxed);
+            }
+        })),
+        ..Config::default()
+    });
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, fanout_rounds) = if quick { (3, 1) } else { (9, 3) };
     let rt = tokio_rt();
-    // Interleave the peers round by round, so that machine noise hits both alike.
-    let mut gh_pp = f64::INFINITY;
-    let mut tk_pp = f64::INFINITY;
-    let mut gh_fo = f64::INFINITY;
-    let mut tk_fo = f64::INFINITY;
-    for _ in 0..ROUNDS {
-        gh_pp = gh_pp.min(best_ns(2 * PINGPONG, greenhub_pingpong));
-        tk_pp = tk_pp.min(best_ns(2 * PINGPONG, || tokio_pingpong(&rt)));
+    // [unbounded, bounded][peer]
+    let mut pp: [[Vec<f64>; 3]; 2] = Default::default();
+    for peer in PEERS {
+        pingpong(peer, &rt, false); // warm
     }
-    for _ in 0..2 {
-        gh_fo = gh_fo.min(best_ns(FANOUT, greenhub_fanout));
-        tk_fo = tk_fo.min(best_ns(FANOUT, || tokio_fanout(&rt)));
+    for round in 0..rounds {
+        for (b, bounded) in [false, true].into_iter().enumerate() {
+            for peer in rotated(round) {
+                if let Some(d) = pingpong(peer, &rt, bounded) {
+                    pp[b][peer as usize].push(ns_per(d, 2 * PINGPONG));
+                }
+            }
+        }
     }
-    println!("| figure (ns per message) | greenhub | tokio mpsc | ratio |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| ping-pong, 2 greenlets / tasks | {gh_pp:.1} | {tk_pp:.1} | {:.2}x |",
-        gh_pp / tk_pp
+    let mut gh_fo = vec![];
+    let mut tk_fo = vec![];
+    for round in 0..fanout_rounds {
+        if round % 2 == 0 {
+            gh_fo.push(ns_per(greenhub_fanout(), FANOUT));
+            tk_fo.push(ns_per(tokio_fanout(&rt), FANOUT));
+        } else {
+            tk_fo.push(ns_per(tokio_fanout(&rt), FANOUT));
+            gh_fo.push(ns_per(greenhub_fanout(), FANOUT));
+        }
+    }
+    let pp = pp.map(|row| row.map(median));
+    let (gh_fo, tk_fo) = (median(gh_fo), median(tk_fo));
+    let (g, t, m) = (
+        Peer::Greenhub as usize,
+        Peer::Tokio as usize,
+        Peer::May as usize,
     );
+
     println!(
-        "| 1 producer -> {CONSUMERS} consumers, capacity {CAPACITY} | {gh_fo:.1} | {tk_fo:.1} | {:.2}x |",
+        "Medians of {rounds} interleaved rounds ({fanout_rounds} for the fan-out), ns per message."
+    );
+    println!();
+    println!(
+        "| figure (ns per message) | greenhub Queue | tokio mpsc | may mpsc | greenhub / tokio | greenhub / may |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (b, name) in [
+        "ping-pong, unbounded".to_string(),
+        format!("ping-pong, bounded ({CAPACITY})"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let v = pp[b];
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            fmt_ns(v[g]),
+            fmt_ns(v[t]),
+            fmt_ns(v[m]),
+            ratio(v[g], v[t]),
+            ratio(v[g], v[m])
+        );
+    }
+    println!(
+        "| 1 producer -> {CONSUMERS} consumers, capacity {CAPACITY} | {gh_fo:.1} | {tk_fo:.1} | — | {:.2}x | |",
         gh_fo / tk_fo
     );
-    println!("BENCH sync_pingpong_greenhub {gh_pp:.1} ns");
-    println!("BENCH sync_pingpong_tokio {tk_pp:.1} ns");
-    println!("BENCH sync_pingpong_ratio {:.2} x", gh_pp / tk_pp);
+    println!(
+        "(the monitor, on in this process, saw the main thread busy in tokio or may {} times)",
+        reports.load(Ordering::Relaxed)
+    );
+    println!();
+    for (b, key) in ["unbounded", "bounded"].iter().enumerate() {
+        let v = pp[b];
+        for (peer, name) in [(g, "greenhub"), (t, "tokio"), (m, "may")] {
+            if !v[peer].is_nan() {
+                println!("BENCH sync_pingpong_{key}_{name} {:.1} ns", v[peer]);
+            }
+        }
+        println!("BENCH sync_pingpong_{key}_ratio_tokio {:.2} x", v[g] / v[t]);
+        if !v[m].is_nan() {
+            println!("BENCH sync_pingpong_{key}_ratio_may {:.2} x", v[g] / v[m]);
+        }
+    }
     println!("BENCH sync_fanout100_greenhub {gh_fo:.1} ns");
     println!("BENCH sync_fanout100_tokio {tk_fo:.1} ns");
-    println!("BENCH sync_fanout100_ratio {:.2} x", gh_fo / tk_fo);
+    println!("BENCH sync_fanout100_ratio_tokio {:.2} x", gh_fo / tk_fo);
 }

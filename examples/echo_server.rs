@@ -29,8 +29,12 @@
 //! nc 127.0.0.1 8080
 //! ```
 //!
-//! Like its std twin, it reports `accept` errors and goes on; for a server that also
-//! backs off when out of file descriptors and stops gracefully, see
+//! Like its std twin, it reports `accept` errors and goes on. Out of file descriptors
+//! (`EMFILE`), greenhub's `accept` pauses cooperatively before it returns the error
+//! (5 ms doubling to 1 s), so the connection greenlets run meanwhile, their closed
+//! connections free descriptors, and the loop recovers as the std twin's does: within the
+//! longest pause (1 s) of descriptors freeing up, without burning the CPU meanwhile. For a
+//! server that also caps its connections, closes idle ones and stops gracefully, see
 //! `greenhub::net::StreamServer`.
 
 use std::io::{self, Read, Write};

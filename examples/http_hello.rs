@@ -2,23 +2,30 @@
 //! pipelining, one greenlet per connection on a `StreamServer`.
 //!
 //! ```text
-//! cargo run --release --example http_hello [ADDR]     # default 127.0.0.1:8080
+//! cargo run --release --example http_hello [ADDR] [IDLE_SECS]   # 127.0.0.1:8080, 10 s
 //! curl http://127.0.0.1:8080/
 //! wrk -t2 -c1000 -d10s http://127.0.0.1:8080/
 //! ```
 //!
 //! HTTP/1.1 connections stay open unless the client sends `Connection: close`; HTTP/1.0
 //! ones close unless it sends `Connection: keep-alive`. Request bodies with a
-//! `Content-Length` are read and ignored; chunked request bodies get `501` and a close.
+//! `Content-Length` are read and thrown away as they arrive (of any size; a request is
+//! answered once its body is in, and `Expect: 100-continue` gets its `100 Continue`);
+//! chunked request bodies get `501` and a close. A request head over 16 KiB gets `431`.
+//! A connection silent for `IDLE_SECS` (a keep-alive client gone quiet, a slowloris
+//! client that sent half a head) is closed by the server's idle timeout.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use greenhub::net::{StreamServer, TcpStream};
 
 const BODY: &str = "Hello, world!";
 /// A request head larger than this gets `431` and a close.
 const MAX_HEAD: usize = 16 * 1024;
+/// Idle timeout when none is given on the command line.
+const DEFAULT_IDLE: Duration = Duration::from_secs(10);
 
 /// What the server does after answering a request.
 #[derive(PartialEq)]
@@ -27,9 +34,18 @@ enum After {
     Close,
 }
 
-/// Parses one request head (without the blank line); returns its body length and whether
-/// the connection stays open, or the status to refuse it with.
-fn parse_head(head: &[u8]) -> Result<(usize, After), &'static str> {
+/// A parsed request head.
+struct Request {
+    /// The `Content-Length` of its body.
+    body_len: usize,
+    /// It sent `Expect: 100-continue`: it waits for `100 Continue` before its body.
+    expect_continue: bool,
+    after: After,
+}
+
+/// Parses one request head (without the blank line), or gives the status to refuse it
+/// with.
+fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
     let text = std::str::from_utf8(head).map_err(|_| "400 Bad Request")?;
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
@@ -40,6 +56,7 @@ fn parse_head(head: &[u8]) -> Result<(usize, After), &'static str> {
         _ => return Err("400 Bad Request"),
     };
     let mut body_len = 0;
+    let mut expect_continue = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err("400 Bad Request");
@@ -55,16 +72,19 @@ fn parse_head(head: &[u8]) -> Result<(usize, After), &'static str> {
             body_len = value.parse().map_err(|_| "400 Bad Request")?;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err("501 Not Implemented");
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.eq_ignore_ascii_case("100-continue");
         }
     }
-    Ok((
+    Ok(Request {
         body_len,
-        if keep_open {
+        expect_continue,
+        after: if keep_open {
             After::KeepOpen
         } else {
             After::Close
         },
-    ))
+    })
 }
 
 fn respond(out: &mut Vec<u8>, status: &str, after: &After) {
@@ -91,28 +111,48 @@ fn find_blank_line(buf: &[u8]) -> Option<usize> {
 }
 
 /// Serves one connection until the client closes it or asks to.
+///
+/// `buf` holds what has arrived and is not handled yet: the start of a request head, or
+/// pipelined requests. A body is never kept: its bytes are counted off as they arrive
+/// (`body_left`), and the request is answered once the last one is in.
 fn serve(mut conn: TcpStream) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    // The request whose body is arriving, and how many body bytes are still to come.
+    let mut in_body: Option<(After, usize)> = None;
     loop {
         // Answer every complete request in the buffer (pipelined ones in one write).
         let mut start = 0;
         let mut after = After::KeepOpen;
         while after == After::KeepOpen {
+            if let Some((a, left)) = in_body.take() {
+                let n = left.min(buf.len() - start);
+                start += n;
+                if n < left {
+                    in_body = Some((a, left - n));
+                    break; // the rest of the body has not arrived
+                }
+                respond(&mut out, "200 OK", &a);
+                after = a;
+                continue;
+            }
             let Some(end) = find_blank_line(&buf[start..]) else {
                 break;
             };
-            match parse_head(&buf[start..start + end]) {
-                Ok((body_len, a)) => {
-                    let total = end + 4 + body_len;
-                    if buf.len() - start < total {
-                        break; // the body has not all arrived
+            let parsed = if end > MAX_HEAD {
+                Err("431 Request Header Fields Too Large")
+            } else {
+                parse_head(&buf[start..start + end])
+            };
+            match parsed {
+                Ok(request) => {
+                    start += end + 4;
+                    if request.expect_continue && request.body_len > 0 {
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
-                    respond(&mut out, "200 OK", &a);
-                    start += total;
-                    after = a;
+                    in_body = Some((request.after, request.body_len));
                 }
                 Err(status) => {
                     respond(&mut out, status, &After::Close);
@@ -128,6 +168,7 @@ fn serve(mut conn: TcpStream) -> io::Result<()> {
         if after == After::Close {
             return Ok(());
         }
+        // Only an unfinished head is buffered: a body's bytes were counted off above.
         if buf.len() > MAX_HEAD {
             respond(
                 &mut out,
@@ -145,13 +186,27 @@ fn serve(mut conn: TcpStream) -> io::Result<()> {
 }
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let idle = match args.next() {
+        None => DEFAULT_IDLE,
+        Some(secs) => secs
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("IDLE_SECS must be a number of seconds above 0, not {secs:?}"),
+                )
+            })?,
+    };
     let server = StreamServer::bind(&addr, |conn: TcpStream, _peer: SocketAddr| {
-        // Resets and broken pipes are the clients' business.
+        // Resets, broken pipes and idle timeouts are the clients' business.
         let _ = serve(conn);
-    })?;
+    })?
+    .idle_timeout(idle);
     println!("http_hello listening on http://{}", server.local_addr()?);
     server.serve_forever()
 }

@@ -7,8 +7,9 @@
 //!
 //! KIND is `greenhub` (one hub: `StreamServer::serve_forever`), `greenhub-hubs[=N]`
 //! (`StreamServer::threads(N)`, default one hub per core), `tokio` (a `current_thread`
-//! runtime) or `threads` (std, a thread per connection). All listen with a backlog of
-//! 1,024. It prints `listening on ADDR` and `pid PID`, then serves until killed.
+//! runtime), `may` (may with one worker, unpinned, a coroutine per connection) or
+//! `threads` (std, a thread per connection). All listen with a backlog of 1,024. It
+//! prints `listening on ADDR` and `pid PID`, then serves until killed.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -55,6 +56,15 @@ fn main() {
             say(l.local_addr().unwrap_or_else(|e| fail(&e)));
             peers::tokio_current_thread(l);
         }
+        ("may", None) => {
+            peers::may_one_worker();
+            let l = may::net::TcpListener::bind(addr.as_str()).unwrap_or_else(|e| fail(&e));
+            say(l.local_addr().unwrap_or_else(|e| fail(&e)));
+            peers::may_echo(l);
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         ("threads", None) => {
             let l = bind_std();
             say(l.local_addr().unwrap_or_else(|e| fail(&e)));
@@ -65,7 +75,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: peer_echo greenhub|greenhub-hubs[=N]|tokio|threads [ADDR]");
+    eprintln!("usage: peer_echo greenhub|greenhub-hubs[=N]|tokio|may|threads [ADDR]");
     std::process::exit(2);
 }
 

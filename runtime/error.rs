@@ -5,8 +5,13 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
 /// What went wrong in a greenhub call.
+///
+/// `Error` is `Send + Sync + 'static`, so `?` turns it into `Box<dyn std::error::Error +
+/// Send + Sync>` or `anyhow::Error`; a panic's payload (which is only `Send`) is kept in a
+/// [`PanicPayload`] and taken back with [`into_panic`](Error::into_panic).
 ///
 /// # Examples
 ///
@@ -16,6 +21,14 @@ use std::fmt;
 /// let g = Greenlet::new(|_| Ok(()));
 /// g.switch(()).unwrap(); // runs to completion
 /// assert!(matches!(g.switch(()), Err(Error::DeadGreenlet { .. })));
+/// ```
+///
+/// ```
+/// fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     greenhub::spawn(|| panic!("boom")).join()?;
+///     Ok(())
+/// }
+/// assert_eq!(run().unwrap_err().to_string(), "greenlet panicked: boom");
 /// ```
 #[non_exhaustive]
 pub enum Error {
@@ -38,8 +51,9 @@ pub enum Error {
     Custom(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The greenlet was killed (Python's `GreenletExit`): it unwound without finishing.
     Killed,
-    /// The greenlet panicked; this carries the panic payload.
-    Panicked(Box<dyn Any + Send + 'static>),
+    /// The greenlet panicked; this carries the panic payload (see
+    /// [`into_panic`](Error::into_panic)).
+    Panicked(PanicPayload),
     /// A deadline passed before the operation completed.
     Timeout,
     /// The other side is gone: a closed queue, or a result sender dropped without sending.
@@ -63,8 +77,119 @@ impl Error {
     /// The panic message, if this is [`Error::Panicked`] with a string payload.
     pub fn panic_message(&self) -> Option<&str> {
         match self {
-            Error::Panicked(payload) => panic_payload_str(payload.as_ref()),
+            Error::Panicked(payload) => payload.message(),
             _ => None,
+        }
+    }
+
+    /// Is this [`Error::Panicked`]?
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::Panicked(_))
+    }
+
+    /// The panic payload of an [`Error::Panicked`], as `catch_unwind` gave it (for
+    /// `std::panic::resume_unwind`); tokio's `JoinError::into_panic`.
+    ///
+    /// ```
+    /// let e = greenhub::spawn(|| std::panic::panic_any(42_u32)).join().unwrap_err();
+    /// assert_eq!(*e.into_panic().downcast::<u32>().unwrap(), 42);
+    /// ```
+    ///
+    /// # Panics
+    /// If this is not [`Error::Panicked`]; see [`try_into_panic`](Error::try_into_panic).
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.try_into_panic()
+            .unwrap_or_else(|e| panic!("greenhub: into_panic on an error that is not a panic: {e}"))
+    }
+
+    /// The panic payload if this is [`Error::Panicked`], else the error itself.
+    ///
+    /// # Errors
+    /// `self`, when it is not [`Error::Panicked`].
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, Error> {
+        match self {
+            Error::Panicked(payload) => Ok(payload.into_inner()),
+            other => Err(other),
+        }
+    }
+}
+
+// `?` into `Box<dyn std::error::Error + Send + Sync>` and `anyhow::Error` needs both.
+const _: () = {
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Error>();
+};
+
+/// The payload of a panic, as [`Error::Panicked`] carries it.
+///
+/// A panic payload is `Box<dyn Any + Send>`, which is not `Sync`; this wrapper is, so that
+/// [`Error`] can be shared and boxed as `dyn Error + Send + Sync` (tokio wraps `JoinError`'s
+/// payload the same way). A `&str` or `String` payload — every `panic!` with a message —
+/// is readable in place with [`message`](PanicPayload::message); any other payload is
+/// kept behind a mutex and taken back whole with [`into_inner`](PanicPayload::into_inner).
+pub struct PanicPayload(Payload);
+
+enum Payload {
+    /// A `&'static str` or `String`: `Sync` already.
+    Text(Box<dyn Any + Send + Sync + 'static>),
+    /// Anything else, made `Sync` by the mutex (only `into_inner` and `is` reach it).
+    Opaque(Mutex<Box<dyn Any + Send + 'static>>),
+}
+
+impl PanicPayload {
+    /// Wraps a payload as `catch_unwind` returns it.
+    ///
+    /// ```
+    /// let p = greenhub::PanicPayload::new(Box::new("boom"));
+    /// assert_eq!(p.message(), Some("boom"));
+    /// ```
+    pub fn new(payload: Box<dyn Any + Send + 'static>) -> PanicPayload {
+        let payload = match payload.downcast::<&'static str>() {
+            Ok(text) => return PanicPayload(Payload::Text(text)),
+            Err(other) => other,
+        };
+        PanicPayload(match payload.downcast::<String>() {
+            Ok(text) => Payload::Text(text),
+            Err(other) => Payload::Opaque(Mutex::new(other)),
+        })
+    }
+
+    /// The panic message, when the payload is a `&str` or a `String`.
+    pub fn message(&self) -> Option<&str> {
+        match &self.0 {
+            Payload::Text(text) => panic_payload_str(text.as_ref()),
+            Payload::Opaque(_) => None,
+        }
+    }
+
+    /// Is the payload a `T`?
+    pub fn is<T: Any>(&self) -> bool {
+        match &self.0 {
+            Payload::Text(text) => text.is::<T>(),
+            Payload::Opaque(m) => m.lock().unwrap_or_else(PoisonError::into_inner).is::<T>(),
+        }
+    }
+
+    /// The payload itself, of the type it was raised with.
+    pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
+        match self.0 {
+            Payload::Text(text) => text,
+            Payload::Opaque(m) => m.into_inner().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+}
+
+impl From<Box<dyn Any + Send + 'static>> for PanicPayload {
+    fn from(payload: Box<dyn Any + Send + 'static>) -> PanicPayload {
+        PanicPayload::new(payload)
+    }
+}
+
+impl fmt::Debug for PanicPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(msg) => f.debug_tuple("PanicPayload").field(&msg).finish(),
+            None => f.write_str("PanicPayload(<non-string payload>)"),
         }
     }
 }
@@ -87,7 +212,7 @@ impl fmt::Display for Error {
             Error::MainGreenletParent => f.write_str("the main greenlet cannot have a parent"),
             Error::Custom(e) => fmt::Display::fmt(e, f),
             Error::Killed => f.write_str("greenlet was killed"),
-            Error::Panicked(p) => match panic_payload_str(p.as_ref()) {
+            Error::Panicked(p) => match p.message() {
                 Some(msg) => write!(f, "greenlet panicked: {msg}"),
                 None => f.write_str("greenlet panicked"),
             },

@@ -40,7 +40,7 @@ pub mod sync;
 pub mod threadpool;
 pub mod time;
 
-pub use error::Error;
+pub use error::{Error, PanicPayload};
 pub use greenlet::{
     Builder, Greenlet, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
 };

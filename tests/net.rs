@@ -130,7 +130,8 @@ fn udp_echo_and_recv_timeout() {
     let t = Instant::now();
     assert_eq!(
         client.recv(&mut buf).unwrap_err().kind(),
-        io::ErrorKind::TimedOut
+        io::ErrorKind::WouldBlock,
+        "std's EAGAIN"
     );
     assert!(t.elapsed() >= 20 * MS);
     // send_to with a host name resolves cooperatively.
@@ -271,7 +272,7 @@ fn thousand_concurrent_connections() {
 // ---- timeouts ----
 
 #[test]
-fn read_timeout_gives_timed_out_and_zero_is_refused() {
+fn read_timeout_gives_would_block_and_zero_is_refused() {
     let (_s, c) = tcp_pair();
     assert_eq!(
         c.set_read_timeout(Some(Duration::ZERO)).unwrap_err().kind(),
@@ -281,11 +282,11 @@ fn read_timeout_gives_timed_out_and_zero_is_refused() {
     assert_eq!(c.read_timeout().unwrap(), Some(30 * MS));
     let t = Instant::now();
     let e = (&c).read(&mut [0u8; 8]).unwrap_err();
-    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     assert!(t.elapsed() >= 30 * MS && t.elapsed() < Duration::from_secs(2));
     assert_eq!(
         c.peek(&mut [0u8; 8]).unwrap_err().kind(),
-        io::ErrorKind::TimedOut
+        io::ErrorKind::WouldBlock
     );
     c.set_read_timeout(None).unwrap();
     assert_eq!(c.read_timeout().unwrap(), None);
@@ -305,7 +306,7 @@ fn write_timeout_when_the_peer_does_not_read() {
         }
         assert!(written < 1 << 30, "the socket buffers never filled");
     };
-    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(written > 0);
 }
@@ -332,6 +333,123 @@ fn timeout_scope_around_a_read() {
     let (kind, took) = h.join().unwrap();
     assert_eq!(kind, io::ErrorKind::TimedOut);
     assert!(took < Duration::from_secs(5));
+}
+
+/// The kind and OS error code of the error `r` must be.
+fn error_of<T>(r: io::Result<T>) -> (io::ErrorKind, Option<i32>) {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => (e.kind(), e.raw_os_error()),
+    }
+}
+
+/// Writes `chunk` until a write fails (the peer never reads): that error.
+fn write_until_error(mut w: impl Write) -> io::Result<()> {
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0usize;
+    loop {
+        written += w.write(&chunk)?;
+        assert!(written < 1 << 30, "the socket buffers never filled");
+    }
+}
+
+#[test]
+fn socket_timeouts_return_the_errors_std_returns() {
+    let t = 20 * MS;
+    // TCP: read, peek, write. std's call and ours on twin connections.
+    let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let std_c = std::net::TcpStream::connect(std_l.local_addr().unwrap()).unwrap();
+    let _std_s = std_l.accept().unwrap();
+    std_c.set_read_timeout(Some(t)).unwrap();
+    std_c.set_write_timeout(Some(t)).unwrap();
+    let (_s, c) = tcp_pair();
+    c.set_read_timeout(Some(t)).unwrap();
+    c.set_write_timeout(Some(t)).unwrap();
+    let std_read = error_of((&std_c).read(&mut [0u8; 8]));
+    assert_eq!(
+        error_of((&c).read(&mut [0u8; 8])),
+        std_read,
+        "TcpStream::read"
+    );
+    assert_eq!(
+        error_of(c.peek(&mut [0u8; 8])),
+        error_of(std_c.peek(&mut [0u8; 8])),
+        "TcpStream::peek"
+    );
+    assert_eq!(
+        error_of(write_until_error(&c)),
+        error_of(write_until_error(&std_c)),
+        "TcpStream::write"
+    );
+    // UDP.
+    let std_u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    std_u.set_read_timeout(Some(t)).unwrap();
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(t)).unwrap();
+    assert_eq!(
+        error_of(u.recv_from(&mut [0u8; 8])),
+        error_of(std_u.recv_from(&mut [0u8; 8])),
+        "UdpSocket::recv_from"
+    );
+    // Unix stream and datagram.
+    let (std_a, _std_b) = std::os::unix::net::UnixStream::pair().unwrap();
+    std_a.set_read_timeout(Some(t)).unwrap();
+    std_a.set_write_timeout(Some(t)).unwrap();
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(t)).unwrap();
+    a.set_write_timeout(Some(t)).unwrap();
+    assert_eq!(
+        error_of((&a).read(&mut [0u8; 8])),
+        error_of((&std_a).read(&mut [0u8; 8])),
+        "UnixStream::read"
+    );
+    assert_eq!(
+        error_of(write_until_error(&a)),
+        error_of(write_until_error(&std_a)),
+        "UnixStream::write"
+    );
+    let (std_d, _std_e) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    std_d.set_read_timeout(Some(t)).unwrap();
+    let (d, _e) = UnixDatagram::pair().unwrap();
+    d.set_read_timeout(Some(t)).unwrap();
+    assert_eq!(
+        error_of(d.recv(&mut [0u8; 8])),
+        error_of(std_d.recv(&mut [0u8; 8])),
+        "UnixDatagram::recv"
+    );
+    // The kind std gives on Linux, spelled out.
+    assert_eq!(std_read, (io::ErrorKind::WouldBlock, Some(libc::EAGAIN)));
+
+    // connect_timeout to a listener whose backlog is full (the SYN goes unanswered).
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    full.listen(0).unwrap();
+    let addr = full.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    let std_err = loop {
+        match std::net::TcpStream::connect_timeout(&addr, 200 * MS) {
+            Ok(s) => held.push(s),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 20, "the backlog never filled");
+    };
+    let ours = TcpStream::connect_timeout(&addr, 200 * MS).unwrap_err();
+    assert_eq!(
+        (ours.kind(), ours.raw_os_error()),
+        (std_err.kind(), std_err.raw_os_error()),
+        "connect_timeout: ours {ours}, std {std_err}"
+    );
+    assert_eq!(ours.to_string(), std_err.to_string());
+    assert_eq!(ours.kind(), io::ErrorKind::TimedOut);
+
+    // greenhub's own Timeout scope keeps TimedOut, also over a socket timeout.
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _scope = Timeout::start(t);
+    assert_eq!(
+        (&c).read(&mut [0u8; 8]).unwrap_err().kind(),
+        io::ErrorKind::TimedOut
+    );
 }
 
 /// A TCP socket bound to a loopback port without listening: connecting there is refused.
@@ -587,9 +705,11 @@ fn nonblocking_mode_returns_would_block() {
     );
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(5 * MS)).unwrap();
+    let e = (&s).read(&mut [0u8; 1]).unwrap_err();
     assert_eq!(
-        (&s).read(&mut [0u8; 1]).unwrap_err().kind(),
-        io::ErrorKind::TimedOut
+        e.raw_os_error(),
+        Some(libc::EAGAIN),
+        "a read timeout, as std: {e}"
     );
 }
 
@@ -830,6 +950,182 @@ fn killing_serve_forever_stops_the_server() {
     );
 }
 
+// ---- idle timeout ----
+
+#[test]
+fn idle_timeout_closes_slowloris_clients_while_an_active_client_is_served() {
+    const IDLE: Duration = Duration::from_millis(300);
+    const HALF_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: slow\r\n";
+    let server = StreamServer::bind("127.0.0.1:0", echo)
+        .unwrap()
+        .idle_timeout(IDLE);
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    // Blocking std clients on other threads; this thread's hub serves them meanwhile.
+    let (closed_after, rounds) = spawn_blocking(move || -> io::Result<(Vec<Duration>, u32)> {
+        // The active client: a message every 100 ms for 5 idle timeouts.
+        let active = std::thread::spawn(move || -> io::Result<u32> {
+            let mut c = std::net::TcpStream::connect(addr)?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let t = Instant::now();
+            let mut rounds = 0;
+            while t.elapsed() < 5 * IDLE {
+                c.write_all(b"ping")?;
+                let mut b = [0u8; 4];
+                c.read_exact(&mut b)?;
+                assert_eq!(&b, b"ping");
+                rounds += 1;
+                std::thread::sleep(100 * MS);
+            }
+            Ok(rounds)
+        });
+        // Twenty slowloris clients: half a request head, then silence.
+        let slow: Vec<(std::net::TcpStream, Instant)> = (0..20)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(addr)?;
+                c.set_read_timeout(Some(Duration::from_secs(10)))?;
+                c.write_all(HALF_REQUEST)?;
+                Ok((c, Instant::now()))
+            })
+            .collect::<io::Result<_>>()?;
+        // Each gets its bytes echoed, then end-of-file: the server closed it.
+        let mut closed_after = Vec::new();
+        for (mut c, sent) in slow {
+            let mut got = Vec::new();
+            c.read_to_end(&mut got)?; // a 10 s read timeout fails the test
+            closed_after.push(sent.elapsed());
+            assert_eq!(got, HALF_REQUEST);
+        }
+        Ok((closed_after, active.join().unwrap()?))
+    })
+    .unwrap()
+    .unwrap();
+    for d in &closed_after {
+        assert!(
+            *d >= IDLE,
+            "closed {d:?} after its last byte, before the idle timeout"
+        );
+        assert!(*d < Duration::from_secs(8), "closed only after {d:?}");
+    }
+    assert!(rounds >= 5, "the active client was served {rounds} times");
+    let stats = server.stats();
+    assert_eq!(stats.accepted, 21);
+    assert!(wait_until(Duration::from_secs(5), || server.stats().active == 0));
+    server.stop(Duration::ZERO);
+}
+
+#[test]
+fn idle_timeout_counts_waits_across_read_timeouts_but_not_the_handlers_own_work() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let outcome: Rc<RefCell<Option<(u32, io::ErrorKind)>>> = Rc::default();
+    let o = outcome.clone();
+    let server = StreamServer::bind("127.0.0.1:0", move |mut conn: TcpStream, _| {
+        let mut b = [0u8; 1];
+        conn.read_exact(&mut b).unwrap();
+        sleep(IDLE + IDLE / 2); // the handler's own work, longer than the idle timeout
+        // Then a loop that retries on its own short read timeout: its waits add up.
+        conn.set_read_timeout(Some(100 * MS)).unwrap();
+        let mut retries = 0;
+        let kind = loop {
+            match conn.read(&mut b) {
+                Ok(0) => break io::ErrorKind::UnexpectedEof,
+                Ok(_) => conn.write_all(&b).unwrap(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => retries += 1,
+                Err(e) => break e.kind(),
+            }
+        };
+        *o.borrow_mut() = Some((retries, kind));
+    })
+    .unwrap()
+    .idle_timeout(IDLE);
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    let closed_after = spawn_blocking(move || -> io::Result<Duration> {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.write_all(b"a")?;
+        std::thread::sleep(IDLE + IDLE * 7 / 10); // just after the handler's work
+        c.write_all(b"b")?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)?; // served: the work did not count as idle
+        assert_eq!(&b, b"b");
+        let t = Instant::now();
+        assert_eq!(c.read(&mut b)?, 0, "closed by the idle timeout");
+        Ok(t.elapsed())
+    })
+    .unwrap()
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || outcome
+        .borrow()
+        .is_some()));
+    let (retries, kind) = outcome.borrow().unwrap();
+    assert_eq!(
+        kind,
+        io::ErrorKind::TimedOut,
+        "the idle timeout's own error"
+    );
+    assert!(
+        (3..=15).contains(&retries),
+        "{retries} read timeouts (100 ms) before the 1 s idle timeout"
+    );
+    assert!(closed_after >= IDLE * 9 / 10 && closed_after < Duration::from_secs(8));
+    server.stop(Duration::ZERO);
+}
+
+#[test]
+fn idle_timeout_spares_a_connection_that_only_receives() {
+    const IDLE: Duration = Duration::from_millis(300);
+    const TICKS: usize = 12; // one every 100 ms: four idle timeouts long
+    let reader_saw: Rc<RefCell<Option<(io::ErrorKind, Duration)>>> = Rc::default();
+    let saw = reader_saw.clone();
+    let server = StreamServer::bind("127.0.0.1:0", move |conn: TcpStream, _| {
+        // One greenlet writes ticks while another waits to read from a client that never
+        // writes: bytes are moving, so the connection is not idle.
+        let conn = Rc::new(conn);
+        let w = conn.clone();
+        let writer = spawn(move || {
+            for _ in 0..TICKS {
+                if (&*w).write_all(b"t").is_err() {
+                    return;
+                }
+                sleep(100 * MS);
+            }
+        });
+        let t = Instant::now();
+        let e = (&*conn).read(&mut [0u8; 1]).unwrap_err();
+        *saw.borrow_mut() = Some((e.kind(), t.elapsed()));
+        let _ = writer.join();
+    })
+    .unwrap()
+    .idle_timeout(IDLE);
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    let ticks = spawn_blocking(move || -> io::Result<Vec<u8>> {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got)?; // ends when the idle timeout closes it
+        Ok(got)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        ticks,
+        vec![b't'; TICKS],
+        "every tick arrived before the close"
+    );
+    assert!(wait_until(Duration::from_secs(5), || reader_saw
+        .borrow()
+        .is_some()));
+    let (kind, waited) = reader_saw.borrow().unwrap();
+    assert_eq!(kind, io::ErrorKind::TimedOut);
+    assert!(
+        waited >= 100 * MS * (TICKS as u32 - 1),
+        "the reader's wait ended after {waited:?}, while the writer was still moving bytes"
+    );
+    server.stop(Duration::ZERO);
+}
+
 // ---- EMFILE back-off, in a child process ----
 
 const EMFILE_CHILD: &str = "GREENHUB_NET_EMFILE_CHILD";
@@ -860,6 +1156,121 @@ fn emfile_child_server() {
         std::process::exit(0);
     });
     server.serve_forever().unwrap();
+}
+
+const ACCEPT_PAUSE_CHILD: &str = "GREENHUB_NET_ACCEPT_PAUSE_CHILD";
+
+/// Sets the soft `RLIMIT_NOFILE` of this process (`None`: up to the hard limit).
+fn set_soft_fd_limit(soft: Option<usize>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = soft.map_or(lim.rlim_max, |s| s as libc::rlim_t);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// The lowest free descriptor number: with the soft limit there, no descriptor can be made.
+fn lowest_free_fd() -> usize {
+    let probe = std::fs::File::open("/dev/null").unwrap(); // the kernel gives the lowest
+    probe.as_raw_fd() as usize
+}
+
+/// The body of `accept_pauses_cooperatively_before_returning_emfile`; does nothing unless
+/// run as its child (it lowers the whole process's descriptor limit).
+#[test]
+fn accept_pause_child() {
+    if std::env::var_os(ACCEPT_PAUSE_CHILD).is_none() {
+        return;
+    }
+    let path = temp_path("accept-pause");
+    let unix = UnixListener::bind(&path).unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A connection waits in each backlog; accepting it needs a descriptor.
+    let _u = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let _t = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    let ticks = Rc::new(Cell::new(0u32));
+    let t2 = ticks.clone();
+    let _ticker = spawn(move || {
+        loop {
+            sleep(MS);
+            t2.set(t2.get() + 1);
+        }
+    });
+    sleep(5 * MS);
+    let accepts: [(&str, &dyn Fn() -> io::Result<()>); 2] = [
+        ("tcp", &|| tcp.accept().map(drop)),
+        ("unix", &|| unix.accept().map(drop)),
+    ];
+    for (name, accept) in accepts {
+        set_soft_fd_limit(Some(lowest_free_fd())); // not one descriptor to spare
+        for pause in [5, 10, 20, 40] {
+            let (t, before) = (Instant::now(), ticks.get());
+            let e = accept().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{name}: {e}");
+            assert!(
+                t.elapsed() >= pause * MS,
+                "{name}: EMFILE after {:?}, before the {pause} ms pause",
+                t.elapsed()
+            );
+            assert!(
+                ticks.get() > before,
+                "{name}: the other greenlets ran meanwhile"
+            );
+        }
+        set_soft_fd_limit(None);
+        accept().unwrap(); // a success ends the episode
+        println!("{name} ok");
+    }
+    // Non-blocking mode: the error at once, without switching.
+    tcp.set_nonblocking(true).unwrap();
+    let _t2 = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    sleep(5 * MS);
+    set_soft_fd_limit(Some(lowest_free_fd()));
+    let before = ticks.get();
+    let e = tcp.accept().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+    assert_eq!(ticks.get(), before, "non-blocking accept does not pause");
+    println!("nonblocking ok");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn accept_pauses_cooperatively_before_returning_emfile() {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "accept_pause_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ACCEPT_PAUSE_CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child did not finish in 60 s");
+        }
+        std::thread::sleep(10 * MS);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["tcp ok", "unix ok", "nonblocking ok"] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
 }
 
 /// The child's CPU time so far, in clock ticks.
@@ -983,11 +1394,19 @@ fn emfile_backoff_serves_open_connections_and_recovers() {
 
 /// Starts a serving example on a free port; returns it and the address it printed.
 fn start_example(name: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(example(name))
-        .arg("127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    start_example_with(name, &[])
+}
+
+/// As `start_example`, with more arguments after the address.
+fn start_example_with(name: &str, args: &[&str]) -> (std::process::Child, String) {
+    let mut cmd = Command::new(example(name));
+    cmd.arg("127.0.0.1:0").args(args);
+    start_server(cmd)
+}
+
+/// Starts a server that prints its address as the last word of its first line.
+fn start_server(mut cmd: Command) -> (std::process::Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -1033,6 +1452,78 @@ fn echo_server_example_serves_std_clients() {
     for c in clients {
         c.join().unwrap();
     }
+}
+
+#[test]
+fn echo_server_example_recovers_from_emfile_under_a_low_ulimit() {
+    // `ulimit -n 64` (soft and hard, as the shell does): about 55 connections fit.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", r#"ulimit -n 64 && exec "$0" 127.0.0.1:0"#])
+        .arg(example("echo_server"))
+        .stderr(Stdio::piped());
+    let (mut child, addr) = start_server(cmd);
+    let pid = child.id(); // `exec` keeps the shell's pid
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let _reap = Reap(child);
+    // Count the "accept failed" lines (and keep the pipe drained).
+    let accept_errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accept_errors.clone();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("accept failed") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    // Flood: more clients than descriptors, each sending one byte.
+    let flood: Vec<std::net::TcpStream> = (0..150)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(&addr).unwrap();
+            (&c).write_all(b"f").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let echoed = |c: &std::net::TcpStream| {
+        c.set_nonblocking(true).unwrap();
+        let got = matches!((&*c).read(&mut [0u8; 1]), Ok(1));
+        c.set_nonblocking(false).unwrap();
+        got
+    };
+    let served = flood.iter().filter(|c| echoed(c)).count();
+    assert!(
+        (10..100).contains(&served),
+        "{served} of 150 flood clients were echoed: the server must serve those it \
+         accepted and run out of descriptors for the rest"
+    );
+    // Out of descriptors, it waits without spinning.
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent < 25,
+        "the server burned {spent} ticks in 1 s out of descriptors"
+    );
+    // The flood leaves: its connections close, descriptors free up, a new client is served.
+    drop(flood);
+    let t = Instant::now();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"after the flood").unwrap();
+    let mut back = [0u8; 15];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"after the flood");
+    let recovered = t.elapsed();
+    let errors = accept_errors.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "echo_server under ulimit -n 64: {served} served of 150, {spent} CPU ticks in 1 s \
+         out of descriptors, {errors} accept errors logged, a new client served {recovered:?} \
+         after the flood closed"
+    );
+    assert!(
+        (1..100).contains(&errors),
+        "{errors} accept errors logged: each after a pause"
+    );
 }
 
 /// One keep-alive HTTP/1.1 exchange on a std connection: sends `requests` at once
@@ -1083,6 +1574,113 @@ fn http_hello_keep_alive_and_pipelining_with_a_std_client() {
         (&s).read(&mut [0u8; 1]).unwrap(),
         0,
         "closed after Connection: close"
+    );
+}
+
+#[test]
+fn http_hello_reads_and_ignores_large_post_bodies_then_answers_pipelined_requests() {
+    let (child, addr) = start_example("http_hello");
+    let _reap = Reap(child);
+    let s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let ok = "HTTP/1.1 200 OK Hello, world!";
+    // Bodies of every size: the head limit counts the head only.
+    for size in [1_000, 16_000, 17_000, 65_536, 1 << 20] {
+        let body = "x".repeat(size);
+        let post =
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n{body}");
+        assert_eq!(http_exchange(&s, &post, 1), [ok], "POST of {size} bytes");
+    }
+    // A large body with requests pipelined behind it, in one write: each is answered,
+    // in order, on the same connection.
+    let body = "y".repeat(1 << 20);
+    let get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let batch = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}{get}{get}",
+        body.len()
+    );
+    assert_eq!(http_exchange(&s, &batch, 3), [ok, ok, ok]);
+    // A head over the limit still gets 431.
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "h".repeat(20_000));
+    let refused = http_exchange(&s, &huge, 1);
+    assert!(refused[0].starts_with("HTTP/1.1 431"), "{refused:?}");
+}
+
+#[test]
+fn curl_posts_a_megabyte_to_http_hello() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed: skipped (.ci/run installs it)");
+        return;
+    }
+    let (child, addr) = start_example("http_hello");
+    let _reap = Reap(child);
+    let file = std::env::temp_dir().join(format!("greenhub-post-{}.bin", std::process::id()));
+    std::fs::write(&file, vec![b'z'; 1 << 20]).unwrap();
+    let url = format!("http://{addr}/upload");
+    let data = format!("@{}", file.display());
+    let common = ["-sS", "--max-time", "20", "-w", " %{http_code}"];
+    // A plain POST, one that waits for `100 Continue` (curl's way for big bodies), then
+    // a GET: all on one connection.
+    let out = Command::new("curl")
+        .args(common)
+        .args(["--data-binary", &data, &url, "--next"])
+        .args(common)
+        .args(["-H", "Expect: 100-continue", "--data-binary", &data, &url])
+        .args(["--next"])
+        .args(common)
+        .args(["-v", &url])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello, world! 200Hello, world! 200Hello, world! 200"
+    );
+    assert!(
+        verbose.contains("Re-using existing connection") || verbose.contains("Reusing existing"),
+        "the GET after the bodies reused the connection:\n{verbose}"
+    );
+}
+
+#[test]
+fn http_hello_closes_a_silent_half_request_at_its_idle_timeout() {
+    let (child, addr) = start_example_with("http_hello", &["0.5"]);
+    let _reap = Reap(child);
+    let idle = Duration::from_millis(500);
+    let a = addr.clone();
+    let active = std::thread::spawn(move || {
+        let s = std::net::TcpStream::connect(&a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut rounds = 0;
+        while t.elapsed() < 4 * idle {
+            let r = http_exchange(&s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+            assert_eq!(r, ["HTTP/1.1 200 OK Hello, world!"]);
+            rounds += 1;
+            std::thread::sleep(100 * MS);
+        }
+        rounds
+    });
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: sl").unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        slow.read(&mut [0u8; 64]).unwrap(),
+        0,
+        "closed, with no answer"
+    );
+    let closed_after = t.elapsed();
+    assert!(
+        closed_after >= idle && closed_after < Duration::from_secs(8),
+        "{closed_after:?}"
+    );
+    assert!(
+        active.join().unwrap() >= 4,
+        "the keep-alive client was served meanwhile"
     );
 }
 

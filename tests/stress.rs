@@ -1,6 +1,9 @@
 //! Scale: the multi-hub server (`StreamServer::threads`) and small runs of
-//! `examples/stress.rs` — a split run that passes, a client that dies mid-run, a bad flag.
-//! The 20,000-connection run itself is an example that `.ci/run` runs bounded.
+//! `examples/stress/` — a split run that passes, a client that dies mid-run, a bad flag,
+//! and a run forced into each limit it names (the file limit, the ephemeral port range in
+//! a network namespace of its own, memory, the deadline), each small and quick. The
+//! 20,000-connection run itself is an example that `.ci/run` runs bounded; the big runs
+//! are for README.
 //!
 //! The example tests run target/<profile>/examples/stress: `cargo test` builds it; with
 //! `cargo test --test stress` build it first (`cargo build --release --examples`).
@@ -159,7 +162,7 @@ fn threaded_server_bind_errors_and_per_core() {
     server.stop(Duration::ZERO);
 }
 
-// ---- examples/stress.rs ----
+// ---- examples/stress/ ----
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
@@ -257,40 +260,112 @@ fn stress_example_rejects_bad_flags() {
     assert!(text(&out.stderr).contains("usage: stress"));
 }
 
-#[test]
-fn stress_example_names_the_ephemeral_port_limit() {
-    // In a network namespace of its own (root only) with 50 ephemeral ports (x 8 loopback sources), 1,000
-    // connections run out of ports: the run must say so and fail.
-    let exe = common::example("stress");
+/// Runs `script` under `sh` in a network namespace of its own (root only: `unshare -n`)
+/// with loopback up and the ephemeral port range set to `ports`; `None` (and a note)
+/// where no namespace can be made.
+fn in_netns(ports: &str, script: &str) -> Option<std::process::Output> {
     let script = format!(
-        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40049' && \
-         exec {} --connections 1000 --messages 1 --timeout 30",
-        exe.display()
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='{ports}' && {script}"
     );
-    let out = std::process::Command::new("unshare")
+    let out = match std::process::Command::new("unshare")
         .args(["-n", "sh", "-c", &script])
-        .output();
-    let Ok(out) = out else {
-        eprintln!("skipped: no unshare");
-        return;
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: no unshare: {e}");
+            return None;
+        }
     };
     let stderr = text(&out.stderr);
     if stderr.contains("unshare failed") || stderr.contains("Operation not permitted") {
         eprintln!("skipped: cannot make a network namespace here: {stderr}");
-        return;
+        return None;
     }
+    Some(out)
+}
+
+/// The first `n` lines of `s`, joined.
+fn first_lines(s: &str, n: usize) -> String {
+    s.lines().take(n).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn stress_example_refuses_a_run_the_port_range_cannot_hold() {
+    // 50 ephemeral ports and 4 source addresses hold 200 connections, not 1,000: the run
+    // must say so before it starts anything.
+    let exe = common::example("stress");
+    let Some(out) = in_netns(
+        "40000 40049",
+        &format!(
+            "exec {} --connections 1000 --messages 1 --sources 4 --timeout 30",
+            exe.display()
+        ),
+    ) else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success());
+    let first = first_lines(&stderr, 3);
     assert!(
-        stderr.contains("out of ephemeral ports")
-            && stderr.contains("net.ipv4.ip_local_port_range"),
+        first.contains("cannot succeed")
+            && first.contains("ephemeral port range")
+            && first.contains("net.ipv4.ip_local_port_range is 40000-40049: 50 ports"),
         "{stderr}"
+    );
+    assert!(!stdout.contains("\nrun: "), "nothing started:\n{stdout}");
+    assert!(stdout.contains("failed_phase=plan"), "{stdout}");
+}
+
+#[test]
+fn stress_example_spreads_its_sources_to_fit_a_narrow_port_range() {
+    // 1,000 connections with 50 ephemeral ports: the run spreads over enough loopback
+    // source addresses (a quarter of the range each) and says so.
+    let exe = common::example("stress");
+    let Some(out) = in_netns(
+        "40000 40049",
+        &format!(
+            "exec {} --connections 1000 --messages 1 --timeout 60",
+            exe.display()
+        ),
+    ) else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1,000 connections from 127.0.0.1 to 127.0.0.84 (84): up to 12 each"),
+        "{stdout}"
     );
 }
 
 #[test]
-fn stress_example_names_the_file_limit() {
-    // With `ulimit -n 300` the run splits the servers by itself, but one client process
-    // forced to hold 400 sockets runs out of file slots: the run must say which limit.
+fn stress_example_runs_again_while_the_last_runs_sockets_sit_in_time_wait() {
+    // 600 connections over 4 source addresses with 200 ports each: the first run leaves
+    // 600 sockets in TIME_WAIT on those ports. Bound to a port of its own, the second
+    // run's sockets would find only 50 free per address; the kernel picks each port per
+    // (source, server) pair instead, and the second run gets the whole range again.
+    let exe = common::example("stress");
+    let run = format!(
+        "{} --connections 600 --messages 1 --sources 4 --timeout 60",
+        exe.display()
+    );
+    let Some(out) = in_netns("40000 40199", &format!("{run} && {run}")) else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("| stress | passed |").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("the 600 sockets in TIME_WAIT"),
+        "the second run starts with the first one's 600 in TIME_WAIT:\n{stdout}"
+    );
+}
+
+#[test]
+fn stress_example_refuses_a_run_the_file_limit_cannot_hold() {
+    // With `ulimit -n 300` one client process forced to hold 400 sockets cannot: the run
+    // must say which limit before it starts anything.
     let exe = common::example("stress");
     let script = format!(
         "ulimit -n 300 && exec {} --connections 400 --messages 1 --client-processes 1 \
@@ -304,8 +379,84 @@ fn stress_example_names_the_file_limit() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success());
     assert!(stdout.contains("soft 300 / hard 300"), "{stdout}");
+    let first = first_lines(&stderr, 3);
     assert!(
-        stderr.contains("out of file slots (EMFILE)") && stderr.contains("ulimit -n"),
+        first.contains("cannot succeed")
+            && first.contains("the file limit: 400 client sockets")
+            && first.contains("RLIMIT_NOFILE (soft 300 / hard 300)")
+            && first.contains("ulimit -n"),
         "{stderr}"
     );
+    assert!(!stdout.contains("\nrun: "), "nothing started:\n{stdout}");
+}
+
+#[test]
+fn stress_example_splits_itself_under_a_low_file_limit() {
+    // The same 400 connections under `ulimit -n 300`, split by the run itself: it passes.
+    let exe = common::example("stress");
+    let script = format!(
+        "ulimit -n 300 && exec {} --connections 400 --messages 1 --timeout 60",
+        exe.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("-> 3 server processes"), "{stdout}");
+    assert!(stdout.contains("-> 2 client processes"), "{stdout}");
+}
+
+#[test]
+fn stress_example_refuses_more_connections_than_memory_holds() {
+    // A hundred million connections fit neither memory nor the file table: the run says
+    // so at once, naming memory, and starts nothing.
+    let t = Instant::now();
+    let out = run_example(
+        "stress",
+        &["--connections", "100000000", "--messages", "1"],
+        Duration::from_secs(30),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success());
+    let first = first_lines(&stderr, 3);
+    assert!(
+        first.contains("cannot succeed") && first.contains("memory: 100,000,000 connections"),
+        "{stderr}"
+    );
+    assert!(first.contains("MemAvailable"), "{stderr}");
+    assert!(stdout.contains("failed_phase=plan"), "{stdout}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "refused before starting"
+    );
+}
+
+#[test]
+fn stress_example_says_the_deadline_will_pass_before_it_does() {
+    // 200 connections x 100 million messages cannot finish in 4 s: halfway to the
+    // deadline the run says that the deadline limits it, then fails at the deadline.
+    let out = run_example(
+        "stress",
+        &[
+            "--connections",
+            "200",
+            "--messages",
+            "100000000",
+            "--timeout",
+            "4",
+        ],
+        Duration::from_secs(60),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    let warned = stderr
+        .find("the deadline limits this run")
+        .unwrap_or_else(|| panic!("no deadline warning:\n{stderr}"));
+    let failed = stderr
+        .find("FAILED in phase exchange: the run's deadline (4 s, --timeout) passed")
+        .unwrap_or_else(|| panic!("no deadline failure:\n{stderr}"));
+    assert!(warned < failed, "{stderr}");
+    assert!(stderr.contains("--timeout 4 s"), "{stderr}");
 }

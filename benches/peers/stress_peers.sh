@@ -4,17 +4,19 @@
 #   bash benches/peers/stress_peers.sh            # N=19000 connections, 10 messages each
 #   N=10000 MESSAGES=4 ROUNDS=1 bash benches/peers/stress_peers.sh
 #
-# Each server is one process, driven by `examples/stress.rs --connect ADDR --server-pid PID`
+# Each server is one process, driven by `examples/stress --connect ADDR --server-pid PID`
 # (the same client code as the stress run: all connections open at once behind a barrier,
 # random-size messages verified byte for byte). The servers:
 #   greenhub, 1 hub        examples/peer_echo.rs greenhub          (StreamServer)
 #   greenhub, N hubs       examples/peer_echo.rs greenhub-hubs     (StreamServer::per_core)
 #   tokio current_thread   examples/peer_echo.rs tokio             (one thread, like one hub)
+#   may, 1 worker          examples/peer_echo.rs may               (a coroutine per connection,
+#                                                                   set_workers(1), unpinned)
 #   std thread/connection  examples/peer_echo.rs threads
 #   gevent StreamServer    Python, in a throwaway venv under the target dir (pip install
 #                          gevent; if pip fails, that row is skipped and says so)
 # plus the greenhub run at 20,000 connections, split over processes as the file limit
-# requires (examples/stress.rs with its own servers).
+# requires (examples/stress/ with its own servers).
 #
 # Why N=19,000 for the one-process rows: a process may hold `ulimit -Hn` files (20,000
 # on these machines) and a server needs a few for itself (listener, epoll, stdio, and the
@@ -22,8 +24,8 @@
 # room for each runtime's own descriptors. The client side is split by the harness.
 #
 # Each server runs ROUNDS times (default 3, interleaved); the table shows the median run
-# by msgs/s. Prints a table; every run's figures are in the RESULT line of
-# <target>/peers/<name>.<round>.out (its plot: .svg, its progress and errors: .err).
+# by msgs/s. Prints a table and `BENCH` lines; every run's figures are in the RESULT line
+# of <target>/peers/<name>.<round>.out (its plot: .svg, its progress and errors: .err).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -72,6 +74,8 @@ EOF
 
 ROWS=()
 NOTES=()
+BENCH=()
+declare -A MSGS_PER_S=()
 PEER_PID=""
 cleanup() { [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -80,11 +84,12 @@ GEVENT_VERSION=""
 [ -z "$GEVENT_SKIP" ] && GEVENT_VERSION=$("$VENV/bin/python" -c 'import gevent; print(gevent.__version__)')
 
 # The rows: NAME, TITLE, connections; `serve NAME` starts that server.
-NAMES=(greenhub-1 greenhub-n tokio threads gevent greenhub-split)
+NAMES=(greenhub-1 greenhub-n tokio may threads gevent greenhub-split)
 declare -A TITLE=(
     [greenhub-1]="greenhub, 1 hub"
     [greenhub-n]="greenhub, $CORES hubs"
     [tokio]="tokio current_thread"
+    [may]="may, 1 worker"
     [threads]="std thread per connection"
     [threads-10k]="std thread per connection, at 10,000"
     [gevent]="gevent StreamServer $GEVENT_VERSION"
@@ -99,6 +104,7 @@ serve() {
     greenhub-1) exec "$PEER" greenhub 127.0.0.1:0 ;;
     greenhub-n) exec "$PEER" "greenhub-hubs=$CORES" 127.0.0.1:0 ;;
     tokio) exec "$PEER" tokio 127.0.0.1:0 ;;
+    may) exec "$PEER" may 127.0.0.1:0 ;;
     threads | threads-10k) exec "$PEER" threads 127.0.0.1:0 ;;
     gevent) exec "$VENV/bin/python" "$OUT/gevent_echo.py" 127.0.0.1:0 ;;
     esac
@@ -162,6 +168,13 @@ row() {
         "$(field rss_per_conn_kib "$median") KiB" \
         "$(awk -v s="$(field server_cpu_s "$median")" -v m="$(field msgs "$median")" \
             'BEGIN { if (m > 0) printf "%.1f us", s * 1e6 / m }')")")
+    local key=stress_${name//-/_}
+    MSGS_PER_S[$name]=$(field msgs_per_s "$median")
+    BENCH+=("BENCH ${key}_msgs_per_s $(field msgs_per_s "$median") msgs/s")
+    BENCH+=("BENCH ${key}_p99 $(awk -v us="$(field p99_us "$median")" 'BEGIN { printf "%.0f", us / 1000 }') ms")
+    BENCH+=("BENCH ${key}_rss_per_conn $(field rss_per_conn_kib "$median") KiB")
+    BENCH+=("BENCH ${key}_cpu_per_msg $(awk -v s="$(field server_cpu_s "$median")" -v m="$(field msgs "$median")" \
+        'BEGIN { if (m > 0) printf "%.1f", s * 1e6 / m; else print "nan" }') us")
 }
 
 # Rounds interleave the servers, so that a noisy moment does not fall on one of them.
@@ -202,3 +215,13 @@ if [ ${#NOTES[@]} -gt 0 ]; then
     echo
     printf -- '- %s\n' "${NOTES[@]}"
 fi
+# greenhub (one hub) against the one-thread peers, msgs/s of the median runs.
+for peer in tokio may; do
+    g=${MSGS_PER_S[greenhub-1]:-}
+    p=${MSGS_PER_S[$peer]:-}
+    if [ -n "$g" ] && [ -n "$p" ]; then
+        BENCH+=("BENCH stress_ratio_greenhub_1_$peer $(awk -v a="$g" -v b="$p" 'BEGIN { printf "%.2f", a / b }') x")
+    fi
+done
+echo
+printf '%s\n' "${BENCH[@]}"

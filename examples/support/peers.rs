@@ -1,5 +1,5 @@
 //! The echo servers that the stress run and the echo benchmark compare (shared with
-//! `#[path]` by `examples/stress.rs`, `examples/peer_echo.rs` and `benches/echo.rs`).
+//! `#[path]` by `examples/stress/`, `examples/peer_echo.rs` and `benches/echo.rs`).
 //! Each is the plain, idiomatic form for its runtime: read up to 4 KiB, write it back,
 //! until the peer closes; no server sets `TCP_NODELAY`.
 
@@ -91,4 +91,39 @@ pub fn std_threads(listener: std::net::TcpListener) {
             eprintln!("thread-per-connection server: cannot start a thread: {e}");
         }
     }
+}
+
+/// Configures may for one worker thread, left unpinned like every other server here
+/// (may pins its workers to cores by default). Call it before anything else of may's:
+/// its scheduler starts on first use and keeps the settings it found.
+pub fn may_one_worker() {
+    may::config().set_workers(1);
+    may::config().set_worker_pin(false);
+}
+
+/// A may echo server: a coroutine per connection on may's scheduler (configure it with
+/// [`may_one_worker`] first), the accept loop in a coroutine of its own; returns at once,
+/// the server runs until the process exits.
+///
+/// may's `go!` wraps its `unsafe fn spawn`: a may coroutine may move between worker
+/// threads, so one must not hold a thread-local across a switch. These coroutines touch
+/// no thread-locals, and with one worker they never move.
+pub fn may_echo(listener: may::net::TcpListener) {
+    may::go!(move || {
+        loop {
+            let Ok((mut conn, _)) = listener.accept() else {
+                // Out of descriptors and the like: pause instead of spinning.
+                may::coroutine::sleep(std::time::Duration::from_millis(10));
+                continue;
+            };
+            may::go!(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
 }

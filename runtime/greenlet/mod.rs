@@ -560,6 +560,12 @@ pub fn set_default_stack_size(bytes: usize) {
     switch::with_thread(|t| t.default_stack_size.set(bytes.max(MIN_STACK_SIZE)));
 }
 
+/// Can greenlets still switch on this thread? `false` once its greenlet state is being
+/// destroyed at thread exit (layers above tear down before that, and check with this).
+pub(crate) fn thread_alive() -> bool {
+    switch::try_with_thread(|_| ()).is_some()
+}
+
 /// Gives back the memory of this thread's free stacks that have not been reused since the
 /// previous call (the hub calls it every second).
 pub(crate) fn trim_stack_pool() {

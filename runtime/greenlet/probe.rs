@@ -1,13 +1,20 @@
 //! The per-thread probe the monitor reads: a switch counter, bumped with one relaxed store
 //! on every switch (no locks, no read-modify-write on the switch path), whether the hub is
 //! idle in `epoll_wait`, and a preemption request the monitor sets and
-//! [`cooperate`](crate::cooperate) checks. Which greenlet is running is read by the
+//! [`cooperate`](crate::cooperate) checks.
+//!
+//! The hub also publishes here, when it switches from its loop into a greenlet (never on
+//! the switch path itself), who would be kept waiting if that greenlet did not switch back:
+//! how many greenlets are ready, the earliest timer, how many wait on I/O or on other
+//! threads, and which greenlet it switched into. The monitor reports a blocked thread only
+//! when someone is kept waiting. Which greenlet is running is otherwise read by the
 //! monitor's signal handler on the thread itself, when there is something to report.
 
 use std::cell::Cell;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 /// What one thread publishes for the monitor.
 pub struct Probe {
@@ -26,6 +33,23 @@ pub struct Probe {
     pub(crate) tid: libc::pid_t,
     /// The thread's name (or `<unnamed>`).
     pub(crate) thread_name: String,
+    /// Published by the hub: greenlets in its ready queues.
+    pub(crate) ready: AtomicUsize,
+    /// Published by the hub: greenlets parked on an fd.
+    pub(crate) io_waiting: AtomicUsize,
+    /// Published by the hub: greenlets waiting for a value from another thread.
+    pub(crate) thread_waits: AtomicUsize,
+    /// Jobs other threads have posted to the hub that it has not taken yet.
+    pub(crate) posted: AtomicUsize,
+    /// Published by the hub: its earliest timer, in [`clock_ns`] (`u64::MAX`: none).
+    pub(crate) next_timer: AtomicU64,
+    /// Published by the hub: the id of the greenlet it last switched into (0: none yet).
+    pub(crate) running_id: AtomicU64,
+    /// ... where that greenlet was spawned (null: not known).
+    pub(crate) running_at: AtomicPtr<Location<'static>>,
+    /// ... and the value `switches` had once that greenlet was running: while `switches`
+    /// still has it, that greenlet is the one running.
+    pub(crate) running_mark: AtomicU64,
 }
 
 static PROBES: Mutex<Vec<Weak<Probe>>> = Mutex::new(Vec::new());
@@ -69,6 +93,14 @@ fn register() -> Arc<Probe> {
             .name()
             .unwrap_or("<unnamed>")
             .to_string(),
+        ready: AtomicUsize::new(0),
+        io_waiting: AtomicUsize::new(0),
+        thread_waits: AtomicUsize::new(0),
+        posted: AtomicUsize::new(0),
+        next_timer: AtomicU64::new(u64::MAX),
+        running_id: AtomicU64::new(0),
+        running_at: AtomicPtr::new(std::ptr::null_mut()),
+        running_mark: AtomicU64::new(u64::MAX),
     });
     let mut all = PROBES.lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|w| w.strong_count() > 0);
@@ -112,6 +144,56 @@ impl Probe {
         let n = self.switches.load(Ordering::Relaxed);
         self.switches.store(n + 1, Ordering::Relaxed);
     }
+
+    /// Publishes the greenlet about to run: the next switch on this thread goes into it
+    /// (called by its own thread right before that switch).
+    #[inline]
+    pub(crate) fn publish_running(&self, id: u64, spawned_at: Option<&'static Location<'static>>) {
+        self.running_id.store(id, Ordering::Relaxed);
+        let at = spawned_at.map_or(std::ptr::null_mut(), |l| l as *const _ as *mut _);
+        self.running_at.store(at, Ordering::Relaxed);
+        let next = self.switches.load(Ordering::Relaxed) + 1;
+        self.running_mark.store(next, Ordering::Relaxed);
+    }
+
+    /// Publishes that the greenlet `id` is running now (no switch pending).
+    pub(crate) fn publish_running_now(
+        &self,
+        id: u64,
+        spawned_at: Option<&'static Location<'static>>,
+    ) {
+        self.publish_running(id, spawned_at);
+        let now = self.switches.load(Ordering::Relaxed);
+        self.running_mark.store(now, Ordering::Relaxed);
+    }
+
+    /// The running greenlet as the hub published it, if it is still the one running:
+    /// its id and where it was spawned.
+    pub(crate) fn published_running(&self) -> Option<(u64, Option<&'static Location<'static>>)> {
+        let id = self.running_id.load(Ordering::Relaxed);
+        let at = self.running_at.load(Ordering::Relaxed);
+        let mark = self.running_mark.load(Ordering::Relaxed);
+        if id == 0 || mark != self.switches.load(Ordering::Relaxed) {
+            return None;
+        }
+        // SAFETY: `running_at` only ever holds null or a pointer made from a
+        // `&'static Location` in `publish_running`.
+        Some((id, (!at.is_null()).then(|| unsafe { &*at })))
+    }
+
+    /// Publishes the hub's earliest timer (`None`: no timer).
+    pub(crate) fn publish_next_timer(&self, at: Option<Instant>) {
+        self.next_timer
+            .store(at.map_or(u64::MAX, clock_ns), Ordering::Relaxed);
+    }
+}
+
+/// `at` as nanoseconds since a process-wide origin, so that threads can compare instants
+/// through atomics.
+pub(crate) fn clock_ns(at: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    at.saturating_duration_since(origin).as_nanos() as u64
 }
 
 /// Has the monitor asked this thread to yield? (`cooperate()`'s load and branch.)

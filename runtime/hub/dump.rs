@@ -4,31 +4,45 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use super::remote::Remote;
 use super::{Direction, Hub, HubHandle, Task, WaitOn, current_hub};
 use crate::greenlet::{Greenlet, getcurrent};
 
-/// Every hub's thread name and handle, so any thread can ask each hub for its part.
-static HUBS: Mutex<Vec<(String, HubHandle)>> = Mutex::new(Vec::new());
+/// Every live hub's thread name and inbox, so any thread can ask each hub for its part.
+/// A hub leaves the list when its thread exits.
+static HUBS: Mutex<Vec<(String, Weak<Remote>)>> = Mutex::new(Vec::new());
 
-pub(crate) fn register_hub(handle: HubHandle) {
+pub(crate) fn register_hub(remote: &Arc<Remote>) {
     let name = std::thread::current()
         .name()
         .unwrap_or("<unnamed>")
         .to_string();
     HUBS.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push((name, handle));
+        .push((name, Arc::downgrade(remote)));
 }
+
+/// Takes a hub whose thread is exiting off the list.
+pub(crate) fn unregister_hub(remote: &Arc<Remote>) {
+    HUBS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(_, r)| r.strong_count() > 0 && !std::ptr::eq(r.as_ptr(), Arc::as_ptr(remote)));
+}
+
+/// How long `dump()` waits for the other hubs to answer (all of them together).
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// A readable tree of every greenlet on every hub: id, name, state, what it waits on
 /// (fd and direction, timer, join, queue, thread), where it was spawned, and how often and
 /// how long it has run. Greenlets are shown under their parents (main → hub → spawned).
 ///
-/// Other hubs answer from their own threads; a hub that does not answer within a second
-/// (because a greenlet is hogging it) is listed as such.
+/// Other hubs answer from their own threads, all asked at once; a hub that does not answer
+/// within a second (because a greenlet is hogging it) is listed as such. Hubs whose
+/// threads have exited are not listed.
 ///
 /// ```
 /// let h = greenhub::spawn(|| greenhub::sleep(std::time::Duration::from_secs(10)));
@@ -43,28 +57,40 @@ pub fn dump() -> String {
         .unwrap_or("<unnamed>")
         .to_string();
     let mine = super::HUB.with(|cell| cell.get().map(|hub| (hub.remote.clone(), format_hub(hub))));
-    let hubs: Vec<(String, HubHandle)> = HUBS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let hubs: Vec<(String, Arc<Remote>)> = HUBS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|(name, r)| Some((name.clone(), r.upgrade()?)))
+        .filter(|(_, r)| !r.is_closed())
+        .filter(|(_, r)| !mine.as_ref().is_some_and(|(m, _)| Arc::ptr_eq(m, r)))
+        .collect();
+    // Ask every hub first, then collect the answers: a slow hub costs one wait, not one each.
+    let asked: Vec<_> = hubs
+        .into_iter()
+        .map(|(name, remote)| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            HubHandle::uncounted(remote).spawn(move || {
+                let _ = tx.send(format_hub(&current_hub()));
+            });
+            (name, rx)
+        })
+        .collect();
+    let deadline = Instant::now() + ANSWER_WITHIN;
     let mut out = String::new();
     if let Some((_, text)) = &mine {
         out.push_str(text);
     }
-    for (name, handle) in hubs {
-        if mine
-            .as_ref()
-            .is_some_and(|(remote, _)| std::sync::Arc::ptr_eq(remote, &handle.remote))
-        {
-            continue;
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        handle.spawn(move || {
-            let _ = tx.send(format_hub(&current_hub()));
-        });
-        match rx.recv_timeout(Duration::from_secs(1)) {
+    for (name, rx) in asked {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(text) => out.push_str(&text),
-            Err(_) => {
+            // The job was dropped unrun: the hub's thread exited meanwhile.
+            Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => {
                 let _ = writeln!(
                     out,
-                    "hub on thread '{name}': no answer within 1 s (gone, or a greenlet is hogging it)"
+                    "hub on thread '{name}': no answer within 1 s (a greenlet is hogging it, or \
+                     its thread is blocked outside greenhub)"
                 );
             }
         }

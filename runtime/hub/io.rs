@@ -156,6 +156,28 @@ impl Hub {
         direction: Direction,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
+        match self.wait_io_until(token, direction, deadline)? {
+            true => Ok(()),
+            false => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out waiting for the socket",
+            )),
+        }
+    }
+
+    /// As [`wait_io`](Hub::wait_io), but the wait's own `deadline` passing is `Ok(false)`
+    /// rather than an error, so that the caller can tell it from a `Timeout` scope's
+    /// expiry (still `Err(TimedOut)`) and answer as it must (std's `EAGAIN` for a socket
+    /// timeout). `Ok(true)`: ready (or deregistered; the retry tells).
+    ///
+    /// # Errors
+    /// As `wait_io`, but for the deadline.
+    pub(crate) fn wait_io_until(
+        &self,
+        token: usize,
+        direction: Direction,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
         let waiter = {
             let mut slots = self.io.slots.borrow_mut();
             let Some(slot) = slots.get_mut(token) else {
@@ -170,7 +192,7 @@ impl Hub {
                 Direction::Write => (slot.writable, &mut slot.writer),
             };
             if ready {
-                return Ok(());
+                return Ok(true);
             }
             if place.as_ref().is_some_and(Waiter::is_waiting) {
                 return Err(io::Error::new(
@@ -197,11 +219,8 @@ impl Hub {
             seq: waiter.seq,
         };
         match self.park(&waiter, deadline) {
-            Ok(Wake::Timer) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "timed out waiting for the socket",
-            )),
-            Ok(_) => Ok(()),
+            Ok(Wake::Timer) => Ok(false),
+            Ok(_) => Ok(true),
             Err(e) => Err(e.into()),
         }
     }

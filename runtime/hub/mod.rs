@@ -71,15 +71,40 @@ pub(crate) struct Hub {
     next_seq: Cell<u64>,
     /// When to next give back the memory of stacks left unused (see `StackPool::trim`).
     next_trim: Cell<Instant>,
+    /// Bumped whenever a greenlet the hub ran has died (its stack went back to the pool).
+    deaths: Cell<u64>,
+    /// `deaths` at the last trim.
+    deaths_at_trim: Cell<u64>,
+    /// Greenlets died in the interval before the last trim, so it may have left stacks
+    /// that were reused then: one more trim, a whole interval later, gives those back.
+    trim_again: Cell<bool>,
+    /// The thread is exiting: the event loop returns (see [`Hub::tear_down`]).
+    stopping: Cell<bool>,
 }
 
 thread_local! {
     static HUB: OnceCell<Rc<Hub>> = const { OnceCell::new() };
+    /// Tears this thread's hub down when the thread exits. It is first used right after
+    /// the hub is made, which is after the thread's greenlet state was made, and thread
+    /// locals are destroyed in the reverse order of their first use: so it runs while
+    /// greenlets can still switch on this thread (and checks that they can).
+    static TEARDOWN: Teardown = const { Teardown(RefCell::new(None)) };
 }
 
 /// Runs `f` with this thread's hub, creating it on first use.
 pub(crate) fn with_hub<R>(f: impl FnOnce(&Rc<Hub>) -> R) -> R {
-    HUB.with(|cell| f(cell.get_or_init(Hub::new)))
+    HUB.with(|cell| f(cell.get_or_init(Hub::start)))
+}
+
+/// Owns a second handle to this thread's hub, to tear it down at thread exit.
+struct Teardown(RefCell<Option<Rc<Hub>>>);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Some(hub) = self.0.get_mut().take() {
+            hub.tear_down();
+        }
+    }
 }
 
 /// This thread's hub.
@@ -97,26 +122,43 @@ fn main_greenlet() -> Greenlet {
 }
 
 impl Hub {
+    /// Makes this thread's hub and arranges its teardown at thread exit.
+    fn start() -> Rc<Hub> {
+        let hub = Hub::new();
+        // Fails only when the thread is already exiting: the hub is then never torn down
+        // (it is leaked, as everything on a thread that cannot switch any more).
+        let _ = TEARDOWN.try_with(|t| *t.0.borrow_mut() = Some(hub.clone()));
+        hub
+    }
+
     fn new() -> Rc<Hub> {
         raise_nofile_limit();
         let poll = mio::Poll::new().expect("greenhub: cannot create the mio poller (epoll)");
         let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)
             .expect("greenhub: cannot create the cross-thread waker (eventfd)");
         let main = main_greenlet();
-        let greenlet = Greenlet::builder()
-            .name("hub")
-            .parent(&main)
-            .build(|_| -> Result<(), Error> { current_hub().run() });
-        let remote = Arc::new(remote::Remote::new(waker));
-        dump::register_hub(HubHandle::uncounted(remote.clone()));
+        let greenlet =
+            Greenlet::builder()
+                .name("hub")
+                .parent(&main)
+                .build(|_| -> Result<(), Error> {
+                    current_hub().run();
+                    Ok(())
+                });
         let probe = crate::greenlet::probe::current();
+        let remote = Arc::new(remote::Remote::new(waker, probe.clone()));
+        dump::register_hub(&remote);
         if let Some(probe) = &probe {
+            // Until the hub runs anything, the greenlet that made it is the one running.
+            let me = getcurrent();
+            probe.publish_running_now(me.id(), me.spawned_at());
             probe
                 .has_hub
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         crate::monitor::start();
         raw::note_hub_thread();
+        crate::monitor::prepare_thread();
         Rc::new(Hub {
             greenlet,
             main,
@@ -134,7 +176,66 @@ impl Hub {
             all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
             next_trim: Cell::new(Instant::now() + STACK_TRIM_INTERVAL),
+            deaths: Cell::new(0),
+            deaths_at_trim: Cell::new(0),
+            trim_again: Cell::new(false),
+            stopping: Cell::new(false),
         })
+    }
+
+    /// The thread is exiting (its `Teardown` is being destroyed). Stops the event loop, so
+    /// that the hub greenlet returns: its stack goes back to the pool and the handle to the
+    /// hub it holds is released; takes the hub out of `dump()`'s list and closes its inbox.
+    /// Greenlets still alive cannot run any more and are leaked, not unwound: nothing of
+    /// theirs runs at thread exit (their destructors could use thread locals already gone).
+    /// The hub itself is freed with the last handle to it — at once, unless a leaked
+    /// greenlet holds one on its stack.
+    fn tear_down(&self) {
+        raw::forget_hub_thread();
+        dump::unregister_hub(&self.remote);
+        self.remote.close();
+        if let Some(p) = &self.probe {
+            p.has_hub.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let alive = crate::greenlet::thread_alive();
+        if alive
+            && self.greenlet.is_started()
+            && !self.greenlet.is_dead()
+            && getcurrent() == self.main
+        {
+            self.stopping.set(true);
+            let _ = self.greenlet.switch(());
+        }
+        let live: Vec<Rc<Task>> = self
+            .all_tasks
+            .borrow()
+            .iter()
+            .filter_map(|(_, t)| t.upgrade())
+            .filter(|t| !t.greenlet.is_dead() && !t.greenlet.is_main())
+            .collect();
+        for task in live {
+            // A handle that is never dropped: the greenlet is never killed (on drop) and
+            // its stack never unwound.
+            std::mem::forget(task);
+        }
+        if self.greenlet.is_started() && !self.greenlet.is_dead() {
+            // Could not be stopped: never kill it either. (One that never ran holds
+            // nothing and is dropped with the hub.)
+            std::mem::forget(self.greenlet.clone());
+        }
+        if !alive {
+            return; // nothing more can be dropped safely here
+        }
+        // Let go of the hub's own handles to tasks while the greenlet state is still there.
+        drop(self.ready.take());
+        drop(self.yielded.take());
+        drop(std::mem::replace(
+            &mut *self.timers.borrow_mut(),
+            Timers::new(),
+        ));
+        drop(self.running.take());
+        drop(self.others.take());
+        self.external.clear();
     }
 
     /// The hub's own greenlet.
@@ -206,7 +307,13 @@ impl Hub {
 
     /// Puts a task at the back of the ready queue.
     pub(crate) fn schedule(&self, task: Rc<Task>) {
-        self.ready.borrow_mut().push_back(task);
+        let mut ready = self.ready.borrow_mut();
+        ready.push_back(task);
+        if let Some(p) = &self.probe {
+            // A greenlet woken by the running one waits for it: the monitor's to know.
+            p.ready
+                .store(ready.len(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Puts a task that yielded at the back of the yielded queue.
@@ -245,7 +352,7 @@ impl Hub {
                 // Thrown at us by a plain switch: the wait ends with that error.
                 task.waiting.set(0);
                 if let Some(t) = timer {
-                    self.timers.borrow_mut().cancel(t);
+                    self.cancel_timer(t);
                 }
                 return Err(e);
             }
@@ -254,7 +361,7 @@ impl Hub {
             }
         }
         if let Some(t) = timer {
-            self.timers.borrow_mut().cancel(t);
+            self.cancel_timer(t);
         }
         match task.wake.get() {
             Wake::Kill => {
@@ -268,6 +375,18 @@ impl Hub {
                 Err(Error::Timeout)
             }
             other => self.check_interrupts(task).map(|()| other),
+        }
+    }
+
+    /// Cancels a parked greenlet's timer. It runs on, so the monitor learns the earliest
+    /// timer now (else it could take a cancelled one for a due one and report a block).
+    fn cancel_timer(&self, key: timer::TimerKey) {
+        let mut timers = self.timers.borrow_mut();
+        if timers.cancel(key).is_some()
+            && let Some(p) = &self.probe
+            && timers.take_changed()
+        {
+            p.publish_next_timer(timers.next_deadline());
         }
     }
 
@@ -301,10 +420,13 @@ impl Hub {
         }
     }
 
-    /// The event loop; runs on the hub greenlet forever.
-    fn run(&self) -> ! {
-        loop {
+    /// The event loop; runs on the hub greenlet until the thread exits.
+    fn run(&self) {
+        while !self.stopping.get() {
             self.run_ready();
+            if self.stopping.get() {
+                break;
+            }
             self.remote.drain(self);
             let timeout = if !self.ready.borrow().is_empty() || !self.yielded.borrow().is_empty() {
                 if self.io.waiting() == 0 {
@@ -314,17 +436,24 @@ impl Hub {
                     continue;
                 }
                 Some(Duration::ZERO)
-            } else if let Some(at) = self.timers.borrow_mut().next_deadline() {
-                Some(at.saturating_duration_since(Instant::now()))
-            } else if self.io.waiting() == 0
-                && self.external.is_empty()
-                && self.remote.is_empty()
-                && !self.remote.has_handles()
-            {
-                self.block_forever();
-                continue;
             } else {
-                None
+                let next_timer = self.timers.borrow_mut().next_deadline();
+                if next_timer.is_none()
+                    && self.io.waiting() == 0
+                    && self.external.is_empty()
+                    && self.remote.is_empty()
+                    && !self.remote.has_handles()
+                {
+                    self.block_forever();
+                    continue;
+                }
+                // The hub is about to wait: wake for the next timer, or for the next trim
+                // while there are stacks a trim may give back.
+                let wake_at = match (next_timer, self.trim_due()) {
+                    (Some(t), Some(d)) => Some(t.min(d)),
+                    (t, d) => t.or(d),
+                };
+                wake_at.map(|at| at.saturating_duration_since(Instant::now()))
             };
             self.poll_io(timeout);
             self.fire_timers();
@@ -351,7 +480,7 @@ impl Hub {
                     break;
                 };
                 now = self.run_task(&task, now);
-                if now.saturating_sub(round_start) >= ROUND_BUDGET_NS {
+                if now.saturating_sub(round_start) >= ROUND_BUDGET_NS || self.stopping.get() {
                     return;
                 }
             }
@@ -364,9 +493,15 @@ impl Hub {
         if task.greenlet.is_dead() {
             return started;
         }
+        if let Some(p) = &self.probe {
+            self.publish(p, task);
+        }
         *self.running.borrow_mut() = Some(task.clone());
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
+        if task.greenlet.is_dead() {
+            self.deaths.set(self.deaths.get() + 1);
+        }
         let ended = coarse_now();
         task.runs.set(task.runs.get() + 1);
         if ended > started {
@@ -385,6 +520,22 @@ impl Hub {
             );
         }
         ended
+    }
+
+    /// Tells the monitor who waits on the hub while `task` runs (see `probe`): the hub is
+    /// about to switch into it.
+    #[inline]
+    fn publish(&self, p: &crate::greenlet::probe::Probe, task: &Task) {
+        use std::sync::atomic::Ordering::Relaxed;
+        p.publish_running(task.greenlet.id(), task.greenlet.spawned_at());
+        let ready = self.ready.borrow().len() + self.yielded.borrow().len();
+        p.ready.store(ready, Relaxed);
+        p.io_waiting.store(self.io.waiting(), Relaxed);
+        p.thread_waits.store(self.external.len(), Relaxed);
+        let mut timers = self.timers.borrow_mut();
+        if timers.take_changed() {
+            p.publish_next_timer(timers.next_deadline());
+        }
     }
 
     fn poll_io(&self, timeout: Option<Duration>) {
@@ -416,7 +567,22 @@ impl Hub {
         if now >= self.next_trim.get() {
             self.next_trim.set(now + STACK_TRIM_INTERVAL);
             crate::greenlet::trim_stack_pool();
+            let deaths = self.deaths.get();
+            self.trim_again.set(deaths != self.deaths_at_trim.get());
+            self.deaths_at_trim.set(deaths);
         }
+    }
+
+    /// When a hub about to wait should wake to trim the stack pool, if it should: while
+    /// greenlets have died since the last trim, or died in the interval before it. A trim
+    /// gives back the free stacks that were not reused since the previous trim; stacks
+    /// come back to the pool only when greenlets die, so a trim after an interval in which
+    /// none died leaves no free stack unreleased. After the last death, then, at most two
+    /// trims give every free stack back, and an idle hub sleeps until something happens
+    /// (no periodic wake-ups).
+    fn trim_due(&self) -> Option<Instant> {
+        let died = self.deaths.get() != self.deaths_at_trim.get();
+        (died || self.trim_again.get()).then(|| self.next_trim.get())
     }
 
     fn fire_timers(&self) {
@@ -442,6 +608,14 @@ impl Hub {
             }
             _ => {
                 // Nobody waits on the hub (it was switched to directly): go back to main.
+                if let Some(p) = &self.probe {
+                    p.publish_running(self.main.id(), None);
+                    p.ready.store(0, std::sync::atomic::Ordering::Relaxed);
+                    p.io_waiting.store(0, std::sync::atomic::Ordering::Relaxed);
+                    p.thread_waits
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    p.publish_next_timer(None);
+                }
                 let _ = self.main.switch(());
             }
         }

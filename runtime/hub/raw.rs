@@ -57,7 +57,15 @@ struct Unlist;
 
 impl Drop for Unlist {
     fn drop(&mut self) {
-        let id = HUB_ID.with(Cell::get);
+        forget_hub_thread();
+    }
+}
+
+/// This thread's hub is gone (torn down at thread exit): hooks pass through from now on,
+/// and other threads no longer find its registrations in [`LISTED`].
+pub(crate) fn forget_hub_thread() {
+    let id = HUB_ID.with(|id| id.replace(0));
+    if id != 0 && IS_LISTED.with(|listed| listed.replace(false)) {
         let mut listed = LISTED.lock().unwrap_or_else(|e| e.into_inner());
         listed.retain(|l| l.id != id);
     }
@@ -145,7 +153,7 @@ pub(crate) fn no_unwind<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Er
                  call, which fails instead: {msg}",
                 crate::greenlet::getcurrent().id()
             );
-            Err(Error::Panicked(payload))
+            Err(Error::Panicked(payload.into()))
         }
     }
 }

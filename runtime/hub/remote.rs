@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::SegQueue;
@@ -12,6 +12,7 @@ use slab::Slab;
 
 use super::{Hub, Waiter, Wake, current_hub, with_hub};
 use crate::error::Error;
+use crate::greenlet::probe::Probe;
 
 enum RemoteMsg {
     /// Run this in a new greenlet on the hub.
@@ -29,23 +30,67 @@ pub(crate) struct Remote {
     /// Live user `HubHandle`s: while one exists, another thread may still post work, so
     /// the hub never declares "block forever".
     handles: AtomicUsize,
+    /// The hub's thread has exited: nothing posted will ever be taken.
+    closed: AtomicBool,
+    /// The hub thread's monitor probe, which counts the jobs waiting here.
+    probe: Option<Arc<Probe>>,
 }
 
 impl Remote {
-    pub(crate) fn new(waker: mio::Waker) -> Remote {
+    pub(crate) fn new(waker: mio::Waker, probe: Option<Arc<Probe>>) -> Remote {
         Remote {
             queue: SegQueue::new(),
             waker,
             notified: AtomicBool::new(false),
             handles: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            probe,
         }
     }
 
     fn post(&self, msg: RemoteMsg) {
+        if let Some(p) = &self.probe {
+            p.posted.fetch_add(1, Ordering::Relaxed);
+        }
         self.queue.push(msg);
+        // Pairs with the fence in `close`: either the hub's last drain sees this message,
+        // or we see `closed` (or both).
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::Relaxed) {
+            self.discard();
+            return;
+        }
         if !self.notified.swap(true, Ordering::AcqRel) {
             // A failed wake means the hub's poller is gone with its thread: nothing to do.
             let _ = self.waker.wake();
+        }
+    }
+
+    /// The hub's thread is exiting: drops what was posted, and everything posted from now
+    /// on as soon as it is posted (a job's closure is dropped unrun; a `dump()` waiting
+    /// for this hub's answer sees it gone at once).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.discard();
+    }
+
+    /// Has the hub's thread exited?
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn discard(&self) {
+        while let Some(msg) = self.queue.pop() {
+            self.taken();
+            drop(msg);
+        }
+    }
+
+    /// One posted message was taken off the queue.
+    fn taken(&self) {
+        if let Some(p) = &self.probe {
+            p.posted.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -62,6 +107,7 @@ impl Remote {
     pub(crate) fn drain(&self, hub: &Hub) {
         self.notified.store(false, Ordering::Release);
         while let Some(msg) = self.queue.pop() {
+            self.taken();
             match msg {
                 RemoteMsg::Spawn(job) => {
                     super::spawn::Builder::new()
@@ -84,6 +130,16 @@ pub(crate) struct ExternalWaits {
 impl ExternalWaits {
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.borrow().is_empty()
+    }
+
+    /// How many values from other threads are awaited.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    /// Forgets every wait (the hub's thread is exiting).
+    pub(crate) fn clear(&self) {
+        drop(std::mem::take(&mut *self.slots.borrow_mut()));
     }
 
     fn complete(&self, key: usize) {
@@ -124,11 +180,24 @@ impl HubHandle {
 
     /// Runs `f` in a new greenlet on the hub's thread. Wakes the hub if it is waiting in
     /// `epoll_wait`. Jobs posted from one thread start in the order they were posted.
+    ///
+    /// Once the hub's thread has exited, `f` is dropped without running (see
+    /// [`is_closed`](HubHandle::is_closed)).
     pub fn spawn<F>(&self, f: F)
     where
         F: FnOnce() + Send + 'static,
     {
         self.remote.post(RemoteMsg::Spawn(Box::new(f)));
+    }
+
+    /// Has the hub's thread exited? Then nothing posted to it runs any more.
+    ///
+    /// ```
+    /// let handle = std::thread::spawn(greenhub::hub::handle).join().unwrap();
+    /// assert!(handle.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.remote.is_closed()
     }
 }
 

@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Hub, Task, Waiter, current_hub, with_hub};
-use crate::error::{Error, panic_payload_str};
+use crate::error::{Error, PanicPayload, panic_payload_str};
 use crate::greenlet::{self, GreenletExit, LazyBody, Value, getcurrent};
 
 /// A spawned greenlet's function until it runs, then where its result lands and who
@@ -57,7 +57,7 @@ impl<T: 'static, F: FnOnce() -> T + 'static> LazyBody for SpawnedTask<T, F> {
             Some(Err(p)) if greenlet::is_forced_unwind() => std::panic::resume_unwind(p),
             Some(Err(p)) => {
                 report_panic(p.as_ref());
-                Err(Error::Panicked(p))
+                Err(Error::Panicked(p.into()))
             }
         };
         super::run_exit_hooks();
@@ -77,7 +77,7 @@ impl<T: 'static, F: FnOnce() -> T + 'static> LazyBody for SpawnedTask<T, F> {
         eprintln!("{msg}");
         with_hub(|hub| hub.untrack(self.as_ref()));
         self.completion
-            .complete(Err(Error::Panicked(Box::new(msg))));
+            .complete(Err(Error::Panicked(PanicPayload::new(Box::new(msg)))));
         Ok(Value::unit())
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct Timers<T> {
     heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     live: Slab<Entry<T>>,
     next_generation: u64,
+    /// A timer was added or removed since [`take_changed`](Timers::take_changed).
+    changed: bool,
 }
 
 impl<T> Timers<T> {
@@ -35,7 +37,14 @@ impl<T> Timers<T> {
             heap: BinaryHeap::new(),
             live: Slab::new(),
             next_generation: 0,
+            changed: false,
         }
+    }
+
+    /// Has a timer been added or removed since the last call? (Then the earliest deadline
+    /// may have moved.)
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Number of live (not fired, not cancelled) timers.
@@ -45,6 +54,7 @@ impl<T> Timers<T> {
 
     pub(crate) fn insert(&mut self, deadline: Instant, value: T) -> TimerKey {
         self.next_generation += 1;
+        self.changed = true;
         let generation = self.next_generation;
         let slot = self.live.insert(Entry { generation, value });
         self.heap.push(Reverse((deadline, generation, slot)));
@@ -55,6 +65,7 @@ impl<T> Timers<T> {
     pub(crate) fn cancel(&mut self, key: TimerKey) -> Option<T> {
         match self.live.get(key.slot) {
             Some(e) if e.generation == key.generation => {
+                self.changed = true;
                 let value = self.live.remove(key.slot).value;
                 if self.heap.len() > 1024 && self.heap.len() > 4 * self.live.len() {
                     self.compact();
@@ -87,6 +98,7 @@ impl<T> Timers<T> {
                 return None;
             }
             self.heap.pop();
+            self.changed = true;
             return Some(self.live.remove(slot).value);
         }
         None
@@ -129,6 +141,24 @@ mod tests {
         assert_eq!(t.pop_expired(now), None);
         assert_eq!(t.pop_expired(t0 + Duration::from_secs(1)), Some("a"));
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn changed_reports_inserts_cancels_and_pops_once() {
+        let t0 = Instant::now();
+        let mut t = Timers::new();
+        assert!(!t.take_changed());
+        let a = t.insert(t0, "a");
+        assert!(t.take_changed());
+        assert!(!t.take_changed(), "reported once");
+        assert_eq!(t.next_deadline(), Some(t0));
+        assert!(!t.take_changed(), "looking does not change anything");
+        t.cancel(a);
+        assert!(t.take_changed());
+        t.insert(t0, "b");
+        t.take_changed();
+        assert_eq!(t.pop_expired(t0), Some("b"));
+        assert!(t.take_changed());
     }
 
     #[test]

@@ -3,13 +3,20 @@
 //! the thread is doing (on the CPU or in which system call), and its live stack.
 //!
 //! One monitor thread per process watches every thread's probe: a switch counter bumped
-//! with a relaxed store on every switch, and an idle flag the hub sets around
-//! `epoll_wait`. When the counter of a thread with a hub has not moved for
-//! `max_blocking_time` (default 100 ms) and the hub is not idle, the monitor sends the
-//! thread a signal; the handler records the return addresses of the running stack and the
-//! running greenlet's id and name into a preallocated buffer, and the monitor symbolizes
-//! them on its own thread. One report per blocking episode, and a closing line
-//! with the measured total when the greenlet finally yields.
+//! with a relaxed store on every switch, an idle flag the hub sets around `epoll_wait`,
+//! and who waits on the hub (published by the hub when it switches into a greenlet). When
+//! the counter of a thread with a hub has not moved for `max_blocking_time` (default
+//! 100 ms), the hub is not idle, and someone is kept waiting — a greenlet ready to run, a
+//! timer that is due, a greenlet waiting on I/O or on another thread — the monitor reports
+//! it. (A program that runs on its main greenlet with nobody waiting, a long computation
+//! or a `std::thread::sleep`, is not blocking anyone and is not reported.) If the thread is
+//! on a CPU, the monitor sends it a signal; the handler records the return addresses of
+//! the running stack and the running greenlet's id and name into a preallocated buffer,
+//! and the monitor symbolizes them on its own thread and keeps the user's frames. A thread
+//! in a system call is not signalled (that would make the call fail with `EINTR`): its
+//! report names the greenlet the hub switched into and the call, without a stack. One
+//! report per blocking episode, and a closing line with the measured total when the
+//! greenlet finally yields.
 //!
 //! Configure in code with [`configure`] or with `GREENHUB_MAX_BLOCKING_TIME` (`250ms`,
 //! `1s`, `off`), read when the first hub starts. Reports go to stderr and to the callback.
@@ -21,6 +28,7 @@
 //! This layer sits below the hub (it needs only the greenlet probe), so that the hub can
 //! start it when the first hub is created.
 
+mod altstack;
 mod capture;
 mod report;
 
@@ -30,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::greenlet::probe::{self, Probe};
 
-pub use report::{BlockReport, Frame, ThreadActivity};
+pub use report::{BlockReport, Delayed, Frame, ThreadActivity};
 
 /// The default `max_blocking_time`.
 pub const DEFAULT_MAX_BLOCKING_TIME: Duration = Duration::from_millis(100);
@@ -171,6 +179,12 @@ pub(crate) fn start() {
     }
 }
 
+/// Prepares the calling hub thread for the monitor's signal: gives it greenhub's own
+/// alternate signal stack (see `altstack`). The hub calls this when it is created.
+pub(crate) fn prepare_thread() {
+    altstack::ensure();
+}
+
 /// What the watchdog remembers about one thread.
 struct Watch {
     probe: Arc<Probe>,
@@ -213,9 +227,11 @@ fn watch() {
                 continue;
             }
             let ran = now - w.since;
+            let delayed = report::Delayed::read(&w.probe, now);
             if config
                 .max_blocking_time
                 .is_some_and(|limit| ran >= limit / 2)
+                && delayed.total() > 0
             {
                 warm_up = !symbolizer_warm;
                 if w.cpu_mark.is_none() {
@@ -229,9 +245,10 @@ fn watch() {
             if let Some(limit) = config.max_blocking_time
                 && w.reported.is_none()
                 && ran >= limit
+                && delayed.total() > 0
                 && !starved_by_the_os(w, now)
             {
-                let episode = report::Episode::capture(&w.probe, w.since, now);
+                let episode = report::Episode::capture(&w.probe, w.since, now, delayed);
                 report::deliver(&config, &episode.report);
                 w.reported = Some(episode);
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::Config;
 use super::capture::{self, Captured};
-use crate::greenlet::probe::Probe;
+use crate::greenlet::probe::{self, Probe};
 
 /// What the blocked thread was doing when it was looked at (from `/proc/self/task/<tid>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,12 +35,64 @@ pub struct Frame {
     pub line: Option<u32>,
 }
 
+/// Who a blocked thread keeps waiting, as its hub last published it. The monitor reports a
+/// blocked thread only when someone waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delayed {
+    /// Greenlets ready to run (woken, spawned, or yielded), waiting for their turn.
+    pub ready: usize,
+    /// Timers that are due: 1 when the earliest is (the count of the others is not known).
+    pub timers: usize,
+    /// Greenlets waiting on a socket or other fd, whose readiness nobody polls meanwhile.
+    pub io: usize,
+    /// Greenlets waiting for a value from another thread, and jobs other threads posted.
+    pub threads: usize,
+}
+
+impl Delayed {
+    /// How many are kept waiting (a due timer counts once; see [`timers`](Delayed::timers)).
+    pub fn total(&self) -> usize {
+        self.ready + self.timers + self.io + self.threads
+    }
+
+    /// Reads what `probe`'s hub published, at `now`.
+    pub(crate) fn read(probe: &Probe, now: Instant) -> Delayed {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next_timer = probe.next_timer.load(Relaxed);
+        Delayed {
+            ready: probe.ready.load(Relaxed),
+            timers: usize::from(next_timer <= probe::clock_ns(now)),
+            io: probe.io_waiting.load(Relaxed),
+            threads: probe.thread_waits.load(Relaxed) + probe.posted.load(Relaxed),
+        }
+    }
+}
+
+impl fmt::Display for Delayed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = [
+            (self.ready, "ready"),
+            (self.timers, "with a timer due"),
+            (self.io, "waiting on I/O"),
+            (self.threads, "waiting on other threads"),
+        ];
+        let mut first = true;
+        for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
+            f.write_str(if first { "" } else { ", " })?;
+            write!(f, "{n} {what}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 /// A report on a greenlet that has run too long without switching.
 #[derive(Clone, Debug)]
 pub struct BlockReport {
     /// The blocked hub thread's name.
     pub thread_name: String,
-    /// The running greenlet's id (0 if the thread did not answer the monitor's signal).
+    /// The running greenlet's id (0 when not known: the thread was not signalled or did not
+    /// answer, and its hub did not switch into the greenlet that runs).
     pub greenlet_id: u64,
     /// Its name, if it has one.
     pub greenlet_name: Option<String>,
@@ -51,9 +103,21 @@ pub struct BlockReport {
     pub blocked_for: Duration,
     /// On the CPU or in a system call.
     pub activity: ThreadActivity,
-    /// The greenlet's stack at the time of the report, innermost first (empty for a
-    /// closing report, or if the thread did not answer the signal).
+    /// Who it keeps waiting (what its hub published when it switched into it, or since).
+    pub delayed: Delayed,
+    /// The greenlet's own frames at the time of the report, innermost first: without the
+    /// signal handler's, the runtime's below the user's outermost frame (greenhub's, std's
+    /// `lang_start`/`catch_unwind`, `_start`, the thread start) or the resume chain below
+    /// the greenlet's coroutine. Empty for a closing report, and when the thread was not
+    /// signalled: it was in a system call (signalling it there would make the call fail
+    /// with `EINTR`), or it did not answer.
     pub stack: Vec<Frame>,
+    /// How many captured frames were left out of `stack` (runtime frames and the resume
+    /// chain).
+    pub frames_hidden: usize,
+    /// The capture signal cut a system call short (it began right as the signal was sent):
+    /// that call may have failed with `EINTR`. Rare; said so that it is never a mystery.
+    pub interrupted_syscall: bool,
     /// `true` for the closing report sent when the greenlet finally switched.
     pub finished: bool,
 }
@@ -84,21 +148,22 @@ impl fmt::Display for BlockReport {
             ThreadActivity::Syscall { number, name } => format!("in system call {name} ({number})"),
             ThreadActivity::Unknown => "state unknown".to_string(),
         };
+        let who = if self.greenlet_id == 0 {
+            "a greenlet (which one is not known)".to_string()
+        } else {
+            format!("greenlet #{}{name}", self.greenlet_id)
+        };
+        let n = self.delayed.total();
         writeln!(
             f,
-            "greenhub monitor: greenlet #{}{name} on thread '{}'{at} has run {} ms without switching; the thread is {what}",
-            self.greenlet_id,
+            "greenhub monitor: {who} on thread '{}'{at} has run {} ms without switching, \
+             delaying {n} greenlet{} ({}); the thread is {what}",
             self.thread_name,
-            self.blocked_for.as_millis()
+            self.blocked_for.as_millis(),
+            if n == 1 { "" } else { "s" },
+            self.delayed,
         )?;
-        // The greenlet's own frames end where corosensei's coroutine entry begins; below
-        // it is the resume chain (the hub, the main greenlet), rarely of interest.
-        let own = self
-            .stack
-            .iter()
-            .position(|fr| fr.function.starts_with("corosensei::"))
-            .unwrap_or(self.stack.len());
-        for (i, fr) in self.stack[..own].iter().enumerate() {
+        for (i, fr) in self.stack.iter().enumerate() {
             match (&fr.file, fr.line) {
                 (Some(file), Some(line)) => {
                     writeln!(f, "  {i:>3}: {}\n           at {file}:{line}", fr.function)?
@@ -106,11 +171,24 @@ impl fmt::Display for BlockReport {
                 _ => writeln!(f, "  {i:>3}: {}", fr.function)?,
             }
         }
-        if own < self.stack.len() {
+        if self.frames_hidden > 0 {
             writeln!(
                 f,
-                "       ... {} more frames: the coroutine entry and the resume chain below it",
-                self.stack.len() - own
+                "       ... {} runtime frames below (greenhub, std, the resume chain) not shown",
+                self.frames_hidden
+            )?;
+        }
+        if self.stack.is_empty() && matches!(self.activity, ThreadActivity::Syscall { .. }) {
+            writeln!(
+                f,
+                "       (no stack: a thread in a system call is not signalled, so that the call \
+                 does not fail with EINTR)"
+            )?;
+        }
+        if self.interrupted_syscall {
+            writeln!(
+                f,
+                "       (the capture signal cut a system call short: it may have returned EINTR)"
             )?;
         }
         Ok(())
@@ -124,43 +202,58 @@ pub(crate) struct Episode {
 }
 
 impl Episode {
-    pub(crate) fn capture(probe: &Arc<Probe>, since: Instant, now: Instant) -> Episode {
-        let activity = activity(probe.tid);
-        let captured = capture::capture(probe, Duration::from_millis(50));
-        let (greenlet_id, greenlet_name, spawned_at, stack) = match captured {
+    pub(crate) fn capture(
+        probe: &Arc<Probe>,
+        since: Instant,
+        now: Instant,
+        delayed: Delayed,
+    ) -> Episode {
+        let (activity, captured) = capture::capture(probe, Duration::from_millis(50));
+        let mut report = BlockReport {
+            thread_name: probe.thread_name.clone(),
+            greenlet_id: 0,
+            greenlet_name: None,
+            spawned_at: None,
+            blocked_for: now - since,
+            activity,
+            delayed,
+            stack: Vec::new(),
+            frames_hidden: 0,
+            interrupted_syscall: false,
+            finished: false,
+        };
+        match captured {
             Some(Captured {
                 ips,
                 greenlet_id,
                 name,
                 spawned_at,
-            }) => (
-                greenlet_id,
-                name,
-                spawned_at.map(|l| l.to_string()),
-                symbolize(&ips),
-            ),
-            // The thread did not answer in time: we know it is blocked, not by whom.
-            None => (0, None, None, Vec::new()),
-        };
-        Episode {
-            report: BlockReport {
-                thread_name: probe.thread_name.clone(),
-                greenlet_id,
-                greenlet_name,
-                spawned_at,
-                blocked_for: now - since,
-                activity,
-                stack,
-                finished: false,
-            },
-            since,
+                interrupted_syscall,
+                pc,
+            }) => {
+                report.greenlet_id = greenlet_id;
+                report.greenlet_name = name;
+                report.spawned_at = spawned_at.map(|l| l.to_string());
+                (report.stack, report.frames_hidden) = user_frames(symbolize(&ips, pc));
+                report.interrupted_syscall = interrupted_syscall;
+            }
+            // Not signalled (in a system call) or no answer: the greenlet the hub switched
+            // into, if it is still the one running.
+            None => {
+                if let Some((id, at)) = probe.published_running() {
+                    report.greenlet_id = id;
+                    report.spawned_at = at.map(|l| l.to_string());
+                }
+            }
         }
+        Episode { report, since }
     }
 
     pub(crate) fn closing(&self, now: Instant) -> BlockReport {
         BlockReport {
             blocked_for: now - self.since,
             stack: Vec::new(),
+            frames_hidden: 0,
             finished: true,
             ..self.report.clone()
         }
@@ -234,13 +327,73 @@ fn syscall_name(number: i64) -> &'static str {
     name
 }
 
+/// The user's part of a symbolized stack (innermost first), and how many frames were left
+/// out: the greenlet's frames end at corosensei's coroutine entry (below it is the resume
+/// chain: the hub, the main greenlet), and below the user's outermost frame there is only
+/// the runtime (greenhub's spawn glue, std's `catch_unwind` and `lang_start`, `_start`,
+/// the thread start), as gevent leaves its own frames out of tracebacks. Frames of std or
+/// greenhub the user's code called are kept. A stack that is all runtime is kept whole.
+pub(crate) fn user_frames(mut frames: Vec<Frame>) -> (Vec<Frame>, usize) {
+    let total = frames.len();
+    if let Some(entry) = frames
+        .iter()
+        .position(|fr| fr.function.starts_with("corosensei::"))
+    {
+        frames.truncate(entry);
+    }
+    let Some(outermost_user) = frames.iter().rposition(|fr| !is_runtime(&fr.function)) else {
+        // Nothing but the runtime: show it rather than nothing.
+        let kept = frames.len();
+        return (frames, total - kept);
+    };
+    frames.truncate(outermost_user + 1);
+    let kept = frames.len();
+    (frames, total - kept)
+}
+
+/// Is this function part of the runtime (std, greenhub, the C start-up), not the user's?
+fn is_runtime(function: &str) -> bool {
+    const PREFIXES: [&str; 14] = [
+        "std::",
+        "core::",
+        "alloc::",
+        "greenhub::",
+        "corosensei::",
+        "backtrace::",
+        "test::",
+        "__rust",
+        "_start",
+        "__libc_start",
+        "start_thread",
+        "clone",
+        "__clone",
+        "__GI_",
+    ];
+    let runtime_path = |name: &str| PREFIXES.iter().any(|p| name.starts_with(p));
+    if function.starts_with("<unknown>") || function == "main" {
+        return true;
+    }
+    match function.strip_prefix('<') {
+        // `<T as Trait>::f` or `<T>::f`: the runtime's when `T` is, and the call shims of
+        // closures and function pointers (`<F as FnOnce<A>>::call_once`), whose body is a
+        // frame of its own.
+        Some(imp) => imp.contains(" as core::ops::function::Fn") || runtime_path(imp),
+        None => runtime_path(function),
+    }
+}
+
 /// Symbolizes captured return addresses, dropping the signal-handling frames above the
-/// interrupted code.
-fn symbolize(ips: &[usize]) -> Vec<Frame> {
+/// interrupted code: those before `pc` (the interrupted instruction), or, when it is not
+/// known or not among them, those up to the kernel's signal trampoline.
+fn symbolize(ips: &[usize], pc: usize) -> Vec<Frame> {
+    let from_pc = ips.iter().position(|&ip| pc != 0 && ip == pc);
+    let ips = &ips[from_pc.unwrap_or(0)..];
     let mut frames = Vec::new();
     for (i, &ip) in ips.iter().enumerate() {
-        // A return address points after the call; look up the call itself.
-        let lookup = if i == 0 { ip } else { ip.saturating_sub(1) };
+        // A return address points after the call; look up the call itself. The
+        // interrupted instruction is looked up as it is.
+        let exact = i == 0;
+        let lookup = if exact { ip } else { ip.saturating_sub(1) };
         let mut resolved = false;
         backtrace::resolve(lookup as *mut std::ffi::c_void, |sym| {
             resolved = true;
@@ -260,6 +413,9 @@ fn symbolize(ips: &[usize]) -> Vec<Frame> {
             });
         }
     }
+    if from_pc.is_some() {
+        return frames;
+    }
     // Everything up to the kernel's signal trampoline is the handler itself.
     if let Some(pos) = frames
         .iter()
@@ -276,4 +432,115 @@ fn symbolize(ips: &[usize]) -> Vec<Frame> {
         frames.drain(..skip);
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(names: &[&str]) -> Vec<Frame> {
+        names
+            .iter()
+            .map(|n| Frame {
+                function: n.to_string(),
+                file: None,
+                line: None,
+            })
+            .collect()
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.function.as_str()).collect()
+    }
+
+    #[test]
+    fn user_frames_drop_the_start_up_below_main() {
+        let (kept, hidden) = user_frames(frames(&[
+            "core::slice::sort::stable::drift::sort",
+            "app::crunch",
+            "app::main",
+            "core::ops::function::FnOnce::call_once",
+            "std::sys::backtrace::__rust_begin_short_backtrace",
+            "std::rt::lang_start::{{closure}}",
+            "std::panicking::catch_unwind",
+            "std::rt::lang_start_internal",
+            "main",
+            "__libc_start_call_main",
+            "__libc_start_main_impl",
+            "_start",
+        ]));
+        assert_eq!(
+            names(&kept),
+            [
+                "core::slice::sort::stable::drift::sort",
+                "app::crunch",
+                "app::main"
+            ]
+        );
+        assert_eq!(hidden, 9);
+    }
+
+    #[test]
+    fn user_frames_of_a_greenlet_end_at_its_spawn_glue() {
+        let (kept, hidden) = user_frames(frames(&[
+            "app::hog",
+            "app::serve::{{closure}}",
+            "<greenhub::hub::spawn::Task as greenhub::greenlet::LazyBody>::run",
+            "std::panicking::catch_unwind",
+            "greenhub::greenlet::switch::new_coroutine::{{closure}}",
+            "corosensei::coroutine::on_stack",
+            "greenhub::hub::Hub::run_task",
+            "app::main",
+            "_start",
+        ]));
+        assert_eq!(names(&kept), ["app::hog", "app::serve::{{closure}}"]);
+        assert_eq!(hidden, 7);
+    }
+
+    #[test]
+    fn user_frames_drop_libtest_shims_and_unknown_frames() {
+        let (kept, _) = user_frames(frames(&[
+            "<unknown> (0x7f0c7f536050)",
+            "app::tests::hog",
+            "app::tests::hog::{{closure}}",
+            "core::ops::function::FnOnce::call_once",
+            "<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once",
+            "test::__rust_begin_short_backtrace::<core::result::Result<(), alloc::string::String>>",
+            "<std::sys::thread::unix::Thread>::new::thread_start",
+            "start_thread",
+            "clone3",
+            "<unknown> (0x0)",
+        ]));
+        assert_eq!(
+            names(&kept),
+            [
+                "<unknown> (0x7f0c7f536050)",
+                "app::tests::hog",
+                "app::tests::hog::{{closure}}"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stack_of_nothing_but_runtime_is_kept() {
+        let all = ["greenhub::hub::Hub::run", "std::rt::lang_start", "_start"];
+        let (kept, hidden) = user_frames(frames(&all));
+        assert_eq!(names(&kept), all);
+        assert_eq!(hidden, 0);
+    }
+
+    #[test]
+    fn delayed_counts_and_says_who() {
+        let d = Delayed {
+            ready: 2,
+            timers: 1,
+            io: 0,
+            threads: 3,
+        };
+        assert_eq!(d.total(), 6);
+        assert_eq!(
+            d.to_string(),
+            "2 ready, 1 with a timer due, 3 waiting on other threads"
+        );
+    }
 }

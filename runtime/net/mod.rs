@@ -48,9 +48,13 @@
 //!   instead of a lost wake-up. Unlike std's `try_clone` no new descriptor is made: the
 //!   descriptor is closed when the last handle goes.
 //! - **Timeouts.** `set_read_timeout`/`set_write_timeout` are honoured cooperatively, per
-//!   call; a [`Timeout`](crate::Timeout) scope or [`with_timeout`](crate::with_timeout)
-//!   around a call applies too. Either way an expired wait returns
-//!   `io::ErrorKind::TimedOut` (std returns `WouldBlock` on Unix for a socket timeout).
+//!   call, and an expired one gives exactly what std gives on Linux: `EAGAIN`
+//!   (`io::ErrorKind::WouldBlock`, "Resource temporarily unavailable (os error 11)"), so
+//!   ported code that checks for `WouldBlock` keeps working. `connect_timeout` gives std's
+//!   `TimedOut` ("connection timed out"). `TimedOut` is otherwise greenhub's own: a
+//!   [`Timeout`](crate::Timeout) scope or [`with_timeout`](crate::with_timeout) around a
+//!   call, and a [`StreamServer`] idle timeout, cut the wait short with
+//!   `io::ErrorKind::TimedOut`.
 //! - **Kill.** Killing a greenlet blocked in a socket call unwinds it at that call; its
 //!   wait is withdrawn, and sockets it owned are closed and deregistered as they drop.
 //! - **Non-blocking mode.** `set_nonblocking(true)` makes calls return `WouldBlock` instead
@@ -61,11 +65,16 @@
 //!   Resolution failures give std's error.
 //! - **File descriptors.** The first hub a process starts raises the soft
 //!   `RLIMIT_NOFILE` to the hard limit, once (as Go does), so a server is not stopped by the
-//!   customary soft limit of 1,024. [`TcpListener::accept`] is raw, like std's: it returns
-//!   `EMFILE`/`ENFILE`. [`StreamServer`] survives them: it backs off (10 ms doubling to
-//!   1 s) without spinning, logs once per episode, and keeps serving open connections.
+//!   customary soft limit of 1,024. When `accept` fails for want of descriptors or memory
+//!   (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it returns that error as std does, but
+//!   first sleeps cooperatively (5 ms, doubling on each failure in a row to 1 s, reset by
+//!   a success: Go's `net/http` back-off) so that the other greenlets run and close their
+//!   connections: a std-style `for s in listener.incoming()` loop that logs errors and
+//!   goes on recovers instead of spinning. [`StreamServer`] also logs once per episode and
+//!   keeps serving open connections.
 
 mod addr;
+mod idle;
 mod server;
 mod tcp;
 mod udp;
@@ -80,6 +89,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 
 use crate::hub::{Direction, Hub, current_hub};
+use idle::IdleClock;
 
 pub use addr::{ToSocketAddrs, gethostbyname, lookup_host};
 pub use server::{ServerStats, ServerThreads, StreamServer, ThreadedBuilder};
@@ -110,11 +120,48 @@ impl Registration {
     fn wait(&self, direction: Direction, deadline: Option<Instant>) -> io::Result<()> {
         self.hub.wait_io(self.token, direction, deadline)
     }
+
+    /// As `wait`, but `Ok(false)` when `deadline` passes.
+    fn wait_until(&self, direction: Direction, deadline: Option<Instant>) -> io::Result<bool> {
+        self.hub.wait_io_until(self.token, direction, deadline)
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.deregister_io(&mut SourceFd(&self.fd), self.token);
+    }
+}
+
+/// First pause of `accept` after it ran out of descriptors or memory (Go's).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest such pause.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Is `e` an `accept` failure for want of descriptors or memory (`EMFILE`, `ENFILE`,
+/// `ENOBUFS`, `ENOMEM`): one that only time and other greenlets can cure?
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// What a wait's own deadline is, and so what its expiry returns.
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    /// `set_read_timeout`/`set_write_timeout`: std's `EAGAIN` (`WouldBlock`).
+    SocketTimeout,
+    /// `connect_timeout`: std's `TimedOut`, "connection timed out".
+    Connect,
+}
+
+impl Expiry {
+    fn error(self) -> io::Error {
+        match self {
+            Expiry::SocketTimeout => io::Error::from_raw_os_error(libc::EAGAIN),
+            Expiry::Connect => io::Error::new(io::ErrorKind::TimedOut, "connection timed out"),
+        }
     }
 }
 
@@ -127,6 +174,10 @@ pub(crate) struct Io<S> {
     read_timeout: Cell<Option<Duration>>,
     write_timeout: Cell<Option<Duration>>,
     nonblocking: Cell<bool>,
+    /// A server's idle timeout on this connection (see [`Io::set_idle_timeout`]).
+    idle: IdleClock,
+    /// A listener's next pause after `accept` ran out of resources (zero: none yet).
+    accept_backoff: Cell<Duration>,
     sock: S,
 }
 
@@ -138,6 +189,8 @@ impl<S: AsFd> Io<S> {
             read_timeout: Cell::new(None),
             write_timeout: Cell::new(None),
             nonblocking: Cell::new(false),
+            idle: IdleClock::default(),
+            accept_backoff: Cell::new(Duration::ZERO),
             sock,
         })
     }
@@ -158,13 +211,13 @@ impl<S: AsFd> Io<S> {
     /// the one loop behind every blocking socket call.
     ///
     /// # Errors
-    /// `op`'s error; `TimedOut` when `deadline` passes or a `Timeout` scope expires;
-    /// `ResourceBusy` when another greenlet already waits in `direction` on this socket;
-    /// `WouldBlock` at once in non-blocking mode.
+    /// `op`'s error; at `deadline`, what its [`Expiry`] says; `TimedOut` when a `Timeout`
+    /// scope or the idle timeout expires; `ResourceBusy` when another greenlet already
+    /// waits in `direction` on this socket; `WouldBlock` at once in non-blocking mode.
     fn io_loop<R>(
         &self,
         direction: Direction,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, Expiry)>,
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<R> {
         loop {
@@ -174,15 +227,51 @@ impl<S: AsFd> Io<S> {
                         return Err(e);
                     }
                     self.reg.hub.clear_ready(self.reg.token, direction);
-                    self.reg.wait(direction, deadline)?;
+                    self.wait(direction, deadline)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
+                Ok(r) => {
+                    self.idle.progress();
+                    return Ok(r);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// A read-side call (read, recv, accept, peek), bounded by the read timeout.
+    /// One wait of [`io_loop`](Io::io_loop): until ready, `deadline`, or the idle timeout
+    /// runs out (see [`IdleClock`]), whichever is first.
+    fn wait(&self, direction: Direction, deadline: Option<(Instant, Expiry)>) -> io::Result<()> {
+        let Some(_idle_wait) = self.idle.begin_wait() else {
+            return match self.reg.wait_until(direction, deadline.map(|(at, _)| at))? {
+                true => Ok(()),
+                false => Err(deadline.map_or(Expiry::SocketTimeout, |(_, e)| e).error()),
+            };
+        };
+        let idle_at = self.idle.expires_at();
+        let own = deadline.filter(|&(at, _)| idle_at.is_none_or(|i| at < i));
+        let until = own.map(|(at, _)| at).or(idle_at);
+        match (self.reg.wait_until(direction, until)?, own) {
+            (true, _) => Ok(()),
+            (false, Some((_, expiry))) => Err(expiry.error()),
+            // Another call on the connection succeeded meanwhile: the clock restarted.
+            (false, None) if self.idle.expires_at().is_some_and(|i| Instant::now() < i) => Ok(()),
+            (false, None) => Err(self.idle_expired()),
+        }
+    }
+
+    /// The idle timeout passed: shut the connection down (the peer sees end-of-file, later
+    /// calls fail at once) and say why.
+    fn idle_expired(&self) -> io::Error {
+        let _ = socket2::SockRef::from(&self.sock).shutdown(Shutdown::Both);
+        let idle = self.idle.timeout().unwrap_or_default();
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the connection was idle for {idle:?}: shut down by the idle timeout"),
+        )
+    }
+
+    /// A read-side call (read, recv, peek), bounded by the read timeout.
     fn read_with<R>(&self, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
         let deadline = deadline_after(self.read_timeout.get());
         self.io_loop(Direction::Read, deadline, op)
@@ -192,6 +281,33 @@ impl<S: AsFd> Io<S> {
     fn write_with<R>(&self, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
         let deadline = deadline_after(self.write_timeout.get());
         self.io_loop(Direction::Write, deadline, op)
+    }
+
+    /// An `accept` (of any listener type): parks until a connection arrives. Out of
+    /// descriptors or memory ([`out_of_resources`]), it sleeps cooperatively before it
+    /// returns the error — 5 ms, doubling on each such failure in a row up to 1 s, reset
+    /// by a success — so that a caller that retries at once does not starve the greenlets
+    /// that would free descriptors. Non-blocking mode returns the error at once.
+    fn accept_with<R>(&self, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
+        match self.read_with(op) {
+            Ok(r) => {
+                self.accept_backoff.set(Duration::ZERO);
+                Ok(r)
+            }
+            Err(e) if out_of_resources(&e) && !self.nonblocking.get() => {
+                let pause = self.accept_backoff.get().max(ACCEPT_BACKOFF_MIN);
+                self.accept_backoff.set((pause * 2).min(ACCEPT_BACKOFF_MAX));
+                crate::hub::sleep_until(Instant::now() + pause)?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Shuts the connection down once calls on it have waited `timeout` since one last
+    /// succeeded (`None`: never); see [`IdleClock`] and [`StreamServer::idle_timeout`].
+    fn set_idle_timeout(&self, timeout: Option<Duration>) {
+        self.idle.set_timeout(timeout);
     }
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -432,8 +548,9 @@ macro_rules! socket_impls {
 }
 pub(crate) use socket_impls;
 
-fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + t)
+/// The deadline of a call bounded by a socket timeout.
+fn deadline_after(timeout: Option<Duration>) -> Option<(Instant, Expiry)> {
+    timeout.map(|t| (Instant::now() + t, Expiry::SocketTimeout))
 }
 
 /// std refuses a zero timeout with `InvalidInput`; so do we.
@@ -491,7 +608,7 @@ pub fn wait_writable(fd: impl AsFd, timeout: Option<Duration>) -> io::Result<()>
 }
 
 fn wait_fd(fd: BorrowedFd<'_>, direction: Direction, timeout: Option<Duration>) -> io::Result<()> {
-    let deadline = deadline_after(timeout);
+    let deadline = timeout.map(|t| Instant::now() + t);
     // Registering reports the fd's current readiness at once (epoll checks on insert).
     let reg = Registration::new(fd).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {

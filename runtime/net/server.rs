@@ -9,19 +9,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::addr::each_addr;
-use super::{TcpListener, TcpStream, ToSocketAddrs};
+use super::{TcpListener, TcpStream, ToSocketAddrs, out_of_resources};
 use crate::greenlet::getcurrent;
 use crate::hub::{
     self, JoinHandle, ResultSender, Waiter, Wake, current_hub, joinall, killall, result_channel,
 };
 
-/// First pause after `accept` runs out of file descriptors (gevent's).
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest pause between retries while out of file descriptors.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Accepts in a row before the accept loop lets the handlers run.
 const ACCEPT_BATCH: u32 = 64;
 /// How long `serve_forever` lets handlers finish when it ends other than by `stop`.
@@ -58,9 +54,11 @@ enum State {
 /// - A handler that panics is reported on stderr (like any spawned greenlet); only its own
 ///   connection is closed.
 /// - `accept` failing for want of file descriptors (`EMFILE`, `ENFILE`) or memory backs
-///   off — 10 ms doubling to 1 s, cooperatively, so open connections keep being served —
-///   and is logged once per episode; `ECONNABORTED`, `EPROTO`, `EPERM` and the other
-///   per-connection errors are skipped.
+///   off — 5 ms doubling to 1 s, cooperatively, so open connections keep being served
+///   (the pause [`TcpListener::accept`] itself makes) — and is logged once per episode;
+///   `ECONNABORTED`, `EPROTO`, `EPERM` and the other per-connection errors are skipped.
+/// - [`idle_timeout`](StreamServer::idle_timeout) (off by default, as in gevent) closes
+///   connections that stay silent: slowloris clients and half-open peers.
 /// - [`stop`](StreamServer::stop) closes the listener, lets handlers finish until its
 ///   timeout, then kills the rest (closing their sockets).
 ///
@@ -103,6 +101,7 @@ struct Inner {
     addr: Option<SocketAddr>,
     handler: Rc<dyn Fn(TcpStream, SocketAddr)>,
     max_connections: Cell<Option<usize>>,
+    idle_timeout: Cell<Option<Duration>>,
     state: Cell<State>,
     accept_loop: RefCell<Option<JoinHandle<()>>>,
     /// Why the accept loop ended, when it ended by itself.
@@ -144,6 +143,7 @@ impl StreamServer {
                 listener: RefCell::new(Some(listener)),
                 handler: Rc::new(handler),
                 max_connections: Cell::new(None),
+                idle_timeout: Cell::new(None),
                 state: Cell::new(State::Idle),
                 accept_loop: RefCell::new(None),
                 failure: RefCell::new(None),
@@ -166,6 +166,53 @@ impl StreamServer {
     pub fn max_connections(self, n: usize) -> StreamServer {
         assert!(n > 0, "max_connections must be at least 1");
         self.inner.max_connections.set(Some(n));
+        self
+    }
+
+    /// Closes a connection once its handler has waited `timeout` on it without a byte
+    /// moving (off by default, as in gevent). Protects the server from clients that
+    /// connect and go silent — slowloris attacks that send half a request and stall,
+    /// peers that vanished without a FIN — which would otherwise hold a handler and a
+    /// descriptor forever.
+    ///
+    /// The clock runs only while a read or write on the connection waits (a reader and a
+    /// writer greenlet sharing it through `&TcpStream` or `try_clone` count once), and
+    /// restarts at zero whenever any call on it succeeds: a connection that only
+    /// receives, while one greenlet waits to read from it, is not idle. Time the handler
+    /// spends on other work (computing, waiting on a queue or another socket) does not
+    /// count. When it runs out, the waiting call fails with
+    /// `io::ErrorKind::TimedOut` and the connection is shut down in both directions: the
+    /// peer reads end-of-file, and every later read returns 0 and every write fails, so
+    /// a handler that ends on an error or on end-of-file ends. The connection's own
+    /// `set_read_timeout`/`set_write_timeout` still apply (the earlier deadline wins) and
+    /// return their `WouldBlock`; the idle clock keeps running across such expiries.
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::time::Duration;
+    /// use greenhub::net::{StreamServer, TcpStream};
+    ///
+    /// let server = StreamServer::bind("127.0.0.1:0", |mut conn: TcpStream, _peer| {
+    ///     let err = conn.read(&mut [0; 64]).unwrap_err(); // the client never writes
+    ///     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    /// })?
+    /// .idle_timeout(Duration::from_millis(50));
+    /// server.start()?;
+    /// let mut silent = TcpStream::connect(server.local_addr()?)?;
+    /// assert_eq!(silent.read(&mut [0; 1])?, 0, "closed by the server after 50 ms");
+    /// server.stop(Duration::from_secs(1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// If `timeout` is zero.
+    #[must_use]
+    pub fn idle_timeout(self, timeout: Duration) -> StreamServer {
+        assert!(
+            !timeout.is_zero(),
+            "the idle timeout must be longer than zero"
+        );
+        self.inner.idle_timeout.set(Some(timeout));
         self
     }
 
@@ -338,8 +385,10 @@ enum AcceptError {
 }
 
 fn classify(e: &io::Error) -> AcceptError {
+    if out_of_resources(e) {
+        return AcceptError::Exhausted;
+    }
     match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Exhausted,
         Some(
             libc::ECONNABORTED
             | libc::EPROTO
@@ -361,7 +410,7 @@ fn classify(e: &io::Error) -> AcceptError {
 
 fn accept_loop(inner: &Rc<Inner>, listener: &TcpListener) {
     let hub = current_hub();
-    let mut backoff: Option<Duration> = None; // Some(next pause) during an EMFILE episode
+    let mut exhausted = false; // in an episode of EMFILE (accept itself backs off)
     let mut batch = 0;
     loop {
         // At the cap: accept nothing until a handler finishes.
@@ -374,7 +423,8 @@ fn accept_loop(inner: &Rc<Inner>, listener: &TcpListener) {
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                backoff = None;
+                exhausted = false;
+                stream.set_idle_timeout(inner.idle_timeout.get());
                 spawn_handler(inner, stream, peer);
                 batch += 1;
                 if batch >= ACCEPT_BATCH {
@@ -385,29 +435,24 @@ fn accept_loop(inner: &Rc<Inner>, listener: &TcpListener) {
             Err(e) => match classify(&e) {
                 AcceptError::Skip => {}
                 AcceptError::Exhausted => {
-                    let pause = match backoff {
-                        Some(p) => p,
-                        None => {
-                            let mut stats = inner.stats.get();
-                            stats.backoffs += 1;
-                            inner.stats.set(stats);
-                            for m in inner.mirrors.borrow().iter() {
-                                m.backoffs.fetch_add(1, Ordering::Relaxed);
-                            }
-                            eprintln!(
-                                "greenhub: StreamServer {}: accept failed: {e}; backing off \
-                                 ({} ms doubling to {} s) until descriptors free up, still \
-                                 serving the {} open connections",
-                                addr_text(inner),
-                                BACKOFF_MIN.as_millis(),
-                                BACKOFF_MAX.as_secs(),
-                                stats.active,
-                            );
-                            BACKOFF_MIN
+                    // `accept` has already paused (cooperatively); it pauses longer each
+                    // time in a row. Log the episode once.
+                    if !exhausted {
+                        exhausted = true;
+                        let mut stats = inner.stats.get();
+                        stats.backoffs += 1;
+                        inner.stats.set(stats);
+                        for m in inner.mirrors.borrow().iter() {
+                            m.backoffs.fetch_add(1, Ordering::Relaxed);
                         }
-                    };
-                    backoff = Some((pause * 2).min(BACKOFF_MAX));
-                    let _ = hub::sleep_until(Instant::now() + pause);
+                        eprintln!(
+                            "greenhub: StreamServer {}: accept failed: {e}; backing off \
+                             (5 ms doubling to 1 s) until descriptors free up, still \
+                             serving the {} open connections",
+                            addr_text(inner),
+                            stats.active,
+                        );
+                    }
                 }
                 AcceptError::Fatal => {
                     eprintln!(
@@ -523,6 +568,7 @@ impl StreamServer {
         ThreadedBuilder {
             threads: n,
             max_connections: None,
+            idle_timeout: None,
             backlog: THREADED_BACKLOG,
         }
     }
@@ -541,6 +587,7 @@ impl StreamServer {
 pub struct ThreadedBuilder {
     threads: usize,
     max_connections: Option<usize>,
+    idle_timeout: Option<Duration>,
     backlog: i32,
 }
 
@@ -553,6 +600,20 @@ impl ThreadedBuilder {
     pub fn max_connections(mut self, n: usize) -> ThreadedBuilder {
         assert!(n > 0, "max_connections must be at least 1");
         self.max_connections = Some(n);
+        self
+    }
+
+    /// Closes connections that stay silent for `timeout`: see
+    /// [`StreamServer::idle_timeout`].
+    ///
+    /// # Panics
+    /// If `timeout` is zero.
+    pub fn idle_timeout(mut self, timeout: Duration) -> ThreadedBuilder {
+        assert!(
+            !timeout.is_zero(),
+            "the idle timeout must be longer than zero"
+        );
+        self.idle_timeout = Some(timeout);
         self
     }
 
@@ -621,11 +682,14 @@ impl ThreadedBuilder {
             server.per_thread.push(own.clone());
             let mirrors = vec![own, total.clone()];
             let (handler, control) = (handler.clone(), control.clone());
-            let max = self.max_connections;
+            let limits = Limits {
+                max_connections: self.max_connections,
+                idle_timeout: self.idle_timeout,
+            };
             control.lock().running += 1;
             let spawned = std::thread::Builder::new()
                 .name(format!("greenhub-server-{i}"))
-                .spawn(move || hub_thread(listener, &handler, mirrors, max, &control));
+                .spawn(move || hub_thread(listener, &handler, mirrors, limits, &control));
             if let Err(e) = spawned {
                 let mut state = server.control.lock();
                 state.running -= 1;
@@ -701,21 +765,27 @@ impl Control {
     }
 }
 
+/// The per-hub settings of a [`ServerThreads`].
+#[derive(Clone, Copy)]
+struct Limits {
+    max_connections: Option<usize>,
+    idle_timeout: Option<Duration>,
+}
+
 /// The body of one server thread: a [`StreamServer`] on this thread's hub until stopped.
 fn hub_thread(
     listener: std::net::TcpListener,
     handler: &Arc<dyn Fn(TcpStream, SocketAddr) + Send + Sync>,
     mirrors: Vec<Arc<Counters>>,
-    max_connections: Option<usize>,
+    limits: Limits,
     control: &Control,
 ) {
     let killed = match TcpListener::from_std(listener) {
         Ok(listener) => {
             let handler = handler.clone();
             let server = StreamServer::new(listener, move |conn, peer| handler(conn, peer));
-            if let Some(max) = max_connections {
-                server.inner.max_connections.set(Some(max));
-            }
+            server.inner.max_connections.set(limits.max_connections);
+            server.inner.idle_timeout.set(limits.idle_timeout);
             *server.inner.mirrors.borrow_mut() = mirrors;
             let (tx, rx) = result_channel::<Duration>();
             let stop_at_once = {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::addr::each_addr;
-use super::{Io, ToSocketAddrs, socket_impls, socket_methods, stream_io_impls};
+use super::{Expiry, Io, ToSocketAddrs, socket_impls, socket_methods, stream_io_impls};
 use crate::hub::Direction;
 
 /// A TCP socket server, listening for connections: std's
@@ -53,14 +53,34 @@ impl TcpListener {
 
     /// Accepts a connection, parking until one arrives.
     ///
-    /// Raw, like std's: errors such as `EMFILE` (out of file descriptors) or
-    /// `ECONNABORTED` are returned as they come; [`StreamServer`](super::StreamServer)
-    /// handles them.
+    /// Errors are std's, as they come (`ECONNABORTED`, `EMFILE`, …), with one addition:
+    /// when the process is out of file descriptors or memory (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`, `ENOMEM`), `accept` first sleeps cooperatively — 5 ms, doubling on each
+    /// such failure in a row up to 1 s, reset by a success, as Go's `net/http` server
+    /// does — and then returns the error. A std thread-per-connection loop that logs the
+    /// error and calls `accept` again would otherwise spin without ever letting the
+    /// greenlets that hold the descriptors run and close them; with the pause it
+    /// recovers as its std twin does (see `examples/echo_server.rs`). In non-blocking
+    /// mode the error comes at once. [`StreamServer`](super::StreamServer) handles all of
+    /// this itself.
+    ///
+    /// ```no_run
+    /// use greenhub::net::TcpListener;
+    /// let listener = TcpListener::bind("127.0.0.1:8080")?;
+    /// for stream in listener.incoming() {
+    ///     match stream {
+    ///         Ok(stream) => drop(greenhub::spawn(move || drop(stream))),
+    ///         Err(e) => eprintln!("accept failed: {e}"), // EMFILE: after a pause
+    ///     }
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// The `accept4` error; `TimedOut` if a `Timeout` scope expires.
+    /// The `accept4` error; `TimedOut` if a `Timeout` scope expires (also during the
+    /// pause).
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (s, peer) = self.io.read_with(mio::net::TcpListener::accept)?;
+        let (s, peer) = self.io.accept_with(mio::net::TcpListener::accept)?;
         Ok((TcpStream::from_nonblocking(net::TcpStream::from(s))?, peer))
     }
 
@@ -183,7 +203,8 @@ impl TcpStream {
     /// ```
     ///
     /// # Errors
-    /// `TimedOut` after `timeout`; `InvalidInput` for a zero timeout; the connect error.
+    /// `TimedOut` ("connection timed out", as std) after `timeout`, or when a `Timeout`
+    /// scope expires; `InvalidInput` for a zero timeout; the connect error.
     pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         if timeout.is_zero() {
             return Err(io::Error::new(
@@ -191,10 +212,13 @@ impl TcpStream {
                 "cannot set a 0 duration timeout",
             ));
         }
-        TcpStream::connect_deadline(*addr, Some(Instant::now() + timeout))
+        TcpStream::connect_deadline(*addr, Some((Instant::now() + timeout, Expiry::Connect)))
     }
 
-    fn connect_deadline(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<TcpStream> {
+    fn connect_deadline(
+        addr: SocketAddr,
+        deadline: Option<(Instant, Expiry)>,
+    ) -> io::Result<TcpStream> {
         // A non-blocking connect (EINPROGRESS); done when writable and SO_ERROR is clear.
         let stream =
             TcpStream::from_nonblocking(net::TcpStream::from(mio::net::TcpStream::connect(addr)?))?;
@@ -211,6 +235,13 @@ impl TcpStream {
             }
         })?;
         Ok(stream)
+    }
+
+    /// A server's idle timeout: a call that has waited on this connection, together with
+    /// the calls that waited since one last succeeded, for `timeout` shuts the connection
+    /// down and fails with `TimedOut` (see [`StreamServer::idle_timeout`](super::StreamServer::idle_timeout)).
+    pub(crate) fn set_idle_timeout(&self, timeout: Option<Duration>) {
+        self.io.set_idle_timeout(timeout);
     }
 
     /// Registers a socket already in non-blocking mode.
@@ -256,8 +287,8 @@ impl TcpStream {
         /// None.
         share fn try_clone(&self) -> io::Result<TcpStream>;
 
-        /// Bounds every later read (and `peek`) call: one that waits longer fails with
-        /// `TimedOut`. `None` waits forever.
+        /// Bounds every later read (and `peek`) call: one that waits longer fails, as in
+        /// std on Linux, with `EAGAIN` (`ErrorKind::WouldBlock`). `None` waits forever.
         ///
         /// ```
         /// use std::{io::Read, time::Duration};
@@ -265,7 +296,7 @@ impl TcpStream {
         /// let mut s = greenhub::net::TcpStream::connect(l.local_addr()?)?;
         /// s.set_read_timeout(Some(Duration::from_millis(10)))?;
         /// let err = s.read(&mut [0; 8]).unwrap_err(); // nobody writes
-        /// assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        /// assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
         /// # Ok::<(), std::io::Error>(())
         /// ```
         ///
@@ -273,7 +304,8 @@ impl TcpStream {
         /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
         io fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
-        /// Bounds every later write call; see [`set_read_timeout`](TcpStream::set_read_timeout).
+        /// Bounds every later write call (`WouldBlock` when it expires, as std); see
+        /// [`set_read_timeout`](TcpStream::set_read_timeout).
         ///
         /// # Errors
         /// `InvalidInput` for `Some(Duration::ZERO)`, as std.

@@ -63,7 +63,8 @@ impl UdpSocket {
     /// Sends `buf` to the first address `addr` resolves to (std's rule).
     ///
     /// # Errors
-    /// The `sendto` error; a resolution error; `TimedOut` after the write timeout.
+    /// The `sendto` error; a resolution error; `WouldBlock` after the write timeout (as
+    /// std).
     pub fn send_to<A: ToSocketAddrs>(&self, buf: &[u8], addr: A) -> io::Result<usize> {
         let to = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
@@ -84,7 +85,8 @@ impl UdpSocket {
         /// Receives one datagram, parking until one arrives; returns its size and sender.
         ///
         /// # Errors
-        /// The `recvfrom` error; `TimedOut` after the read timeout or a `Timeout` scope.
+        /// The `recvfrom` error; `WouldBlock` after the read timeout (as std); `TimedOut`
+        /// when a `Timeout` scope expires.
         read fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
 
         /// As [`recv_from`](UdpSocket::recv_from), leaving the datagram queued.
@@ -112,7 +114,8 @@ impl UdpSocket {
         /// None (kept for std's signature).
         share fn try_clone(&self) -> io::Result<UdpSocket>;
 
-        /// Bounds every later receive call; one that waits longer fails with `TimedOut`.
+        /// Bounds every later receive call; one that waits longer fails, as in std on Linux,
+        /// with `EAGAIN` (`ErrorKind::WouldBlock`).
         ///
         /// # Errors
         /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
@@ -230,13 +233,14 @@ impl UdpSocket {
         ///
         /// # Errors
         /// The `send` error (`ConnectionRefused` after an ICMP port unreachable, …);
-        /// `TimedOut` after the write timeout.
+        /// `WouldBlock` after the write timeout (as std).
         write fn send(&self, buf: &[u8]) -> io::Result<usize>;
 
         /// Receives one datagram from the connected address, parking until one arrives.
         ///
         /// # Errors
-        /// The `recv` error; `TimedOut` after the read timeout or a `Timeout` scope.
+        /// The `recv` error; `WouldBlock` after the read timeout (as std); `TimedOut` when a
+        /// `Timeout` scope expires.
         read fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
 
         /// As [`recv`](UdpSocket::recv), leaving the datagram queued.

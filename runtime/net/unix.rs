@@ -69,13 +69,17 @@ impl UnixListener {
         UnixListener::from_mio(mio::net::UnixListener::from_std(listener))
     }
 
-    /// Accepts a connection, parking until one arrives. Raw, like
+    /// Accepts a connection, parking until one arrives. Errors are std's; out of file
+    /// descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it first sleeps
+    /// cooperatively (5 ms doubling to 1 s, reset by a success) so that the greenlets
+    /// holding descriptors can close them: see
     /// [`TcpListener::accept`](super::TcpListener::accept).
     ///
     /// # Errors
-    /// The `accept4` error; `TimedOut` if a `Timeout` scope expires.
+    /// The `accept4` error; `TimedOut` if a `Timeout` scope expires (also during the
+    /// pause).
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, addr) = self.io.read_with(mio::net::UnixListener::accept)?;
+        let (s, addr) = self.io.accept_with(mio::net::UnixListener::accept)?;
         Ok((
             UnixStream::from_nonblocking(net::UnixStream::from(s))?,
             addr,
@@ -216,13 +220,14 @@ impl UnixStream {
         /// The `getpeername` error.
         fn peer_addr(&self) -> io::Result<SocketAddr>;
 
-        /// Bounds every later read call; one that waits longer fails with `TimedOut`.
+        /// Bounds every later read call; one that waits longer fails, as in std on Linux,
+        /// with `EAGAIN` (`ErrorKind::WouldBlock`).
         ///
         /// # Errors
         /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
         io fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
-        /// Bounds every later write call.
+        /// Bounds every later write call (`WouldBlock` when it expires, as std).
         ///
         /// # Errors
         /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
@@ -365,7 +370,7 @@ impl UnixDatagram {
     /// Sends `buf` to the socket at `path`, parking while the peer's queue is full.
     ///
     /// # Errors
-    /// The `sendto` error; `TimedOut` after the write timeout.
+    /// The `sendto` error; `WouldBlock` after the write timeout (as std).
     pub fn send_to<P: AsRef<Path>>(&self, buf: &[u8], path: P) -> io::Result<usize> {
         let path = path.as_ref();
         self.io.write_with(|s| s.send_to(buf, path))
@@ -399,7 +404,8 @@ impl UnixDatagram {
         /// Receives one datagram, parking until one arrives; returns its size and sender.
         ///
         /// # Errors
-        /// The `recvfrom` error; `TimedOut` after the read timeout or a `Timeout` scope.
+        /// The `recvfrom` error; `WouldBlock` after the read timeout (as std); `TimedOut`
+        /// when a `Timeout` scope expires.
         read fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
 
         /// Receives one datagram from the connected peer, parking until one arrives.
@@ -417,7 +423,7 @@ impl UnixDatagram {
         /// Sends `buf` to the connected peer, parking while its queue is full.
         ///
         /// # Errors
-        /// The `send` error; `TimedOut` after the write timeout.
+        /// The `send` error; `WouldBlock` after the write timeout (as std).
         write fn send(&self, buf: &[u8]) -> io::Result<usize>;
 
         /// Bounds every later receive call.

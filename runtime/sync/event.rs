@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::wait::{WaitList, deadline_in};
-use crate::error::{Error, panic_payload_str};
+use crate::error::{Error, PanicPayload};
 
 /// A flag that greenlets can wait for (gevent's `Event`): [`wait`](Event::wait) blocks
 /// until another greenlet calls [`set`](Event::set), which wakes every waiter (in the order
@@ -316,11 +316,9 @@ pub(crate) fn copy_error(e: &Error) -> Error {
         Error::Timeout => Error::Timeout,
         Error::Closed => Error::Closed,
         Error::BlockForever => Error::BlockForever,
-        Error::Panicked(p) => Error::Panicked(Box::new(
-            panic_payload_str(p.as_ref())
-                .unwrap_or("<non-string payload>")
-                .to_string(),
-        )),
+        Error::Panicked(p) => Error::Panicked(PanicPayload::new(Box::new(
+            p.message().unwrap_or("<non-string payload>").to_string(),
+        ))),
         other => Error::custom(other.to_string()),
     }
 }

@@ -98,7 +98,7 @@ impl ThreadPool {
         self.submit(Box::new(move || {
             tx.send(catch_unwind(AssertUnwindSafe(f)));
         }));
-        rx.recv()?.map_err(Error::Panicked)
+        rx.recv()?.map_err(|p| Error::Panicked(p.into()))
     }
 
     fn submit(&self, job: Job) {
