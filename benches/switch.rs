@@ -1,5 +1,6 @@
-//! Switch costs (issue 3): greenlet round trip against a raw corosensei resume+suspend
-//! pair, and create + first switch + finish with a pooled and with a fresh stack.
+//! Switch costs: greenlet round trip against a raw corosensei resume+suspend pair that
+//! passes `()` as `switch(())` does (and one that passes a `u64`, the older peer), and
+//! create + first switch + finish with a pooled and with a fresh stack.
 //!
 //! Run: `cargo bench --bench switch`. Prints `BENCH <name> <value> <unit>` lines.
 //! Each figure is the best of several rounds (the machines are shared and noisy); the
@@ -20,7 +21,29 @@ fn best_ns(iters: u64, mut round: impl FnMut(u64) -> Duration) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn raw_corosensei_pair(iters: u64) -> f64 {
+/// The peer of `switch(())`: a resume and a suspend that pass `()` both ways.
+#[inline(never)] // one frame per figure, for profilers
+fn raw_corosensei_unit_pair(iters: u64) -> f64 {
+    let mut co: Coroutine<(), (), ()> = Coroutine::new(|y, ()| {
+        loop {
+            y.suspend(());
+        }
+    });
+    let ns = best_ns(iters, |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(co.resume(()));
+        }
+        t.elapsed()
+    });
+    drop(co); // unwinds the suspended coroutine
+    ns
+}
+
+/// A resume and a suspend that pass a `u64` each way (what this bench compared against
+/// before: corosensei moves the values through registers, so it costs a little more).
+#[inline(never)] // one frame per figure, for profilers
+fn raw_corosensei_u64_pair(iters: u64) -> f64 {
     let mut co: Coroutine<u64, u64, ()> = Coroutine::new(|y, mut v| {
         loop {
             v = y.suspend(black_box(v));
@@ -45,6 +68,7 @@ fn raw_corosensei_pair(iters: u64) -> f64 {
     ns
 }
 
+#[inline(never)] // one frame per figure, for profilers
 fn greenlet_round_trip(iters: u64) -> f64 {
     let main = getcurrent();
     let g = Greenlet::new(move |_| -> Result<(), greenhub::Error> {
@@ -61,6 +85,7 @@ fn greenlet_round_trip(iters: u64) -> f64 {
     })
 }
 
+#[inline(never)] // one frame per figure, for profilers
 fn greenlet_create_run_finish_pooled(iters: u64) -> f64 {
     best_ns(iters, |n| {
         let t = Instant::now();
@@ -74,6 +99,7 @@ fn greenlet_create_run_finish_pooled(iters: u64) -> f64 {
 
 /// Every greenlet gets a never-touched stack: `n` are created (and hold their stacks) before
 /// any runs. A stack size used nowhere else keeps the pool from handing back warm stacks.
+#[inline(never)] // one frame per figure, for profilers
 fn greenlet_create_run_finish_fresh(iters: u64) -> f64 {
     let mut size = 72 * 1024;
     best_ns(iters, |n| {
@@ -92,6 +118,7 @@ fn greenlet_create_run_finish_fresh(iters: u64) -> f64 {
 
 /// The peer for a fresh stack: corosensei's own default stack (one mmap + mprotect + munmap
 /// per coroutine).
+#[inline(never)] // one frame per figure, for profilers
 fn corosensei_create_run_finish_default_stack(iters: u64) -> f64 {
     best_ns(iters, |n| {
         let t = Instant::now();
@@ -107,7 +134,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 1 } else { 10 };
 
-    let raw = raw_corosensei_pair(200_000 * scale);
+    let raw = raw_corosensei_unit_pair(200_000 * scale);
+    let raw_u64 = raw_corosensei_u64_pair(200_000 * scale);
     let rt = greenlet_round_trip(200_000 * scale);
     let pooled = greenlet_create_run_finish_pooled(50_000 * scale);
     let fresh = greenlet_create_run_finish_fresh(2_000 * scale);
@@ -115,18 +143,22 @@ fn main() {
 
     println!("| figure | ns | note |");
     println!("|---|---:|---|");
-    println!("| raw corosensei resume+suspend | {raw:.2} | peer |");
+    println!("| raw corosensei resume+suspend, `()` | {raw:.2} | peer |");
+    println!("| raw corosensei resume+suspend, `u64` | {raw_u64:.2} | older peer |");
     println!(
-        "| greenlet round trip A->B->A | {rt:.2} | {:.2}x raw (target <= 2.5x) |",
-        rt / raw
+        "| greenlet round trip A->B->A, `switch(())` | {rt:.2} | {:.2}x the `()` pair, {:.2}x the `u64` pair |",
+        rt / raw,
+        rt / raw_u64
     );
     println!("| create + switch + finish, pooled stack | {pooled:.1} | target <= 150 ns |");
     println!("| create + switch + finish, fresh stack | {fresh:.1} | |");
     println!("| corosensei Coroutine::new + resume (own mmap stack) | {coro_fresh:.1} | peer |");
 
     println!("BENCH switch_raw_corosensei_pair {raw:.2} ns");
+    println!("BENCH switch_raw_corosensei_pair_u64 {raw_u64:.2} ns");
     println!("BENCH switch_greenlet_round_trip {rt:.2} ns");
     println!("BENCH switch_round_trip_ratio {:.2} x", rt / raw);
+    println!("BENCH switch_round_trip_ratio_u64 {:.2} x", rt / raw_u64);
     println!("BENCH greenlet_create_run_finish_pooled {pooled:.1} ns");
     println!("BENCH greenlet_create_run_finish_fresh {fresh:.1} ns");
     println!("BENCH corosensei_create_run_finish_mmap {coro_fresh:.1} ns");

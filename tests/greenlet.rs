@@ -1,4 +1,5 @@
-//! The rules of the greenlet core (issue 3, rules a–j), one test each or more.
+//! The rules of the greenlet core: parents, switching, results and panics, throw,
+//! set_parent, dead greenlets, dropping and killing, threads, settrace.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -18,10 +19,10 @@ fn int(v: Value) -> i32 {
     v.downcast::<i32>().expect("an i32")
 }
 
-// a. parents and the main greenlet
+// parents and the main greenlet
 
 #[test]
-fn a_parent_defaults_to_creator_and_main_has_none() {
+fn parent_defaults_to_creator_and_main_has_none() {
     let main = getcurrent();
     assert!(main.is_main());
     assert!(main.parent().is_none());
@@ -40,7 +41,7 @@ fn a_parent_defaults_to_creator_and_main_has_none() {
 }
 
 #[test]
-fn a_main_greenlet_cannot_get_a_parent() {
+fn main_greenlet_cannot_get_a_parent() {
     let main = getcurrent();
     let g = Greenlet::new(|_| Ok(()));
     assert!(matches!(
@@ -49,10 +50,10 @@ fn a_main_greenlet_cannot_get_a_parent() {
     ));
 }
 
-// b. first switch calls f(value); later switches return the value
+// first switch calls f(value); later switches return the value
 
 #[test]
-fn b_first_switch_calls_f_and_later_switches_return_values() {
+fn first_switch_calls_f_and_later_switches_return_values() {
     let main = getcurrent();
     let g = Greenlet::new(move |v| {
         let mut total = int(v);
@@ -71,13 +72,13 @@ fn b_first_switch_calls_f_and_later_switches_return_values() {
 }
 
 #[test]
-fn b_switch_to_self_returns_the_value() {
+fn switch_to_self_returns_the_value() {
     let me = getcurrent();
     assert_eq!(int(me.switch(5).unwrap()), 5);
 }
 
 #[test]
-fn b_red_blue_order_of_the_seed() {
+fn red_blue_order_of_the_seed() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let (l1, l2) = (log.clone(), log.clone());
     let blue = Greenlet::new(move |red: Value| {
@@ -97,11 +98,11 @@ fn b_red_blue_order_of_the_seed() {
     assert_eq!(*log.borrow(), ["red", "blue", "red done"]);
 }
 
-// c. the result goes to the parent, or the nearest live ancestor; a dying child starts
+// the result goes to the parent, or the nearest live ancestor; a dying child starts
 //    an unstarted parent
 
 #[test]
-fn c_result_goes_to_parent_and_greenlet_is_dead() {
+fn result_goes_to_parent_and_greenlet_is_dead() {
     let g = Greenlet::new(|_| Ok("result"));
     let v = g.switch(()).unwrap();
     assert_eq!(v.downcast::<&str>().unwrap(), "result");
@@ -109,7 +110,7 @@ fn c_result_goes_to_parent_and_greenlet_is_dead() {
 }
 
 #[test]
-fn c_result_skips_dead_parent_to_nearest_live_ancestor() {
+fn result_skips_dead_parent_to_nearest_live_ancestor() {
     let main = getcurrent();
     // p creates c (c.parent = p), switches to main; then p finishes; then c finishes:
     // c's result must go past dead p to main.
@@ -131,7 +132,7 @@ fn c_result_skips_dead_parent_to_nearest_live_ancestor() {
 }
 
 #[test]
-fn c_dying_child_starts_unstarted_parent() {
+fn dying_child_starts_unstarted_parent() {
     let p = Greenlet::new(|v| Ok(format!("parent got {}", v.downcast::<i32>().unwrap())));
     let c = Greenlet::with_parent(&p, |_| Ok(7));
     let out = c.switch(()).unwrap();
@@ -139,10 +140,10 @@ fn c_dying_child_starts_unstarted_parent() {
     assert!(c.is_dead() && p.is_dead());
 }
 
-// d. a panic is raised in the parent at its switch point
+// a panic is raised in the parent at its switch point
 
 #[test]
-fn d_panic_is_raised_in_parent_and_greenlet_is_dead() {
+fn panic_is_raised_in_parent_and_greenlet_is_dead() {
     let g = Greenlet::new(|_| -> Result<(), Error> { panic!("kaboom") });
     let caught = catch_unwind(AssertUnwindSafe(|| g.switch(()))).unwrap_err();
     assert_eq!(caught.downcast_ref::<&str>(), Some(&"kaboom"));
@@ -152,7 +153,7 @@ fn d_panic_is_raised_in_parent_and_greenlet_is_dead() {
 }
 
 #[test]
-fn d_panic_in_nested_greenlet_reaches_its_parent_greenlet() {
+fn panic_in_nested_greenlet_reaches_its_parent_greenlet() {
     let outer = Greenlet::new(|_| {
         let inner = Greenlet::new(|_| -> Result<(), Error> { panic!("inner") });
         let r = catch_unwind(AssertUnwindSafe(|| inner.switch(())));
@@ -162,17 +163,17 @@ fn d_panic_in_nested_greenlet_reaches_its_parent_greenlet() {
 }
 
 #[test]
-fn d_err_returned_by_f_is_raised_in_parent() {
+fn err_returned_by_f_is_raised_in_parent() {
     let g = Greenlet::new(|_| -> Result<(), Error> { Err(Error::custom("bad")) });
     let e = g.switch(()).unwrap_err();
     assert_eq!(e.to_string(), "bad");
     assert!(g.is_dead());
 }
 
-// e. throw
+// throw
 
 #[test]
-fn e_throw_into_suspended_greenlet_fails_its_switch() {
+fn throw_into_suspended_greenlet_fails_its_switch() {
     let main = getcurrent();
     let g = Greenlet::new(move |_| match main.switch(()) {
         Err(e) => Ok(format!("caught {e}")),
@@ -184,7 +185,7 @@ fn e_throw_into_suspended_greenlet_fails_its_switch() {
 }
 
 #[test]
-fn e_uncaught_throw_kills_and_propagates_to_parent() {
+fn uncaught_throw_kills_and_propagates_to_parent() {
     let main = getcurrent();
     let guard_dropped = Rc::new(Cell::new(false));
     let flag = guard_dropped.clone();
@@ -201,7 +202,7 @@ fn e_uncaught_throw_kills_and_propagates_to_parent() {
 }
 
 #[test]
-fn e_throw_into_unstarted_greenlet_never_runs_it() {
+fn throw_into_unstarted_greenlet_never_runs_it() {
     let ran = Rc::new(Cell::new(false));
     let r = ran.clone();
     let g = Greenlet::new(move |_| {
@@ -215,7 +216,7 @@ fn e_throw_into_unstarted_greenlet_never_runs_it() {
 }
 
 #[test]
-fn e_throw_into_dead_greenlet_is_a_clear_error() {
+fn throw_into_dead_greenlet_is_a_clear_error() {
     let g = Greenlet::new(|_| Ok(()));
     g.switch(()).unwrap();
     match g.throw(Error::custom("late")) {
@@ -224,10 +225,10 @@ fn e_throw_into_dead_greenlet_is_a_clear_error() {
     }
 }
 
-// f. set_parent refuses cycles
+// set_parent refuses cycles
 
 #[test]
-fn f_set_parent_refuses_cycles_and_accepts_others() {
+fn set_parent_refuses_cycles_and_accepts_others() {
     let a = Greenlet::new(|_| Ok(()));
     let b = Greenlet::with_parent(&a, |_| Ok(()));
     let c = Greenlet::with_parent(&b, |_| Ok(()));
@@ -240,7 +241,7 @@ fn f_set_parent_refuses_cycles_and_accepts_others() {
 }
 
 #[test]
-fn f_result_follows_a_new_parent() {
+fn result_follows_a_new_parent() {
     let p = Greenlet::new(|v| Ok(format!("p got {}", v.downcast::<&str>().unwrap())));
     let g = Greenlet::new(|_| Ok("x"));
     g.set_parent(&p).unwrap();
@@ -250,10 +251,10 @@ fn f_result_follows_a_new_parent() {
     );
 }
 
-// g. switching to a dead greenlet
+// switching to a dead greenlet
 
 #[test]
-fn g_switch_to_dead_greenlet_is_an_error() {
+fn switch_to_dead_greenlet_is_an_error() {
     let g = Greenlet::new(|_| Ok(1));
     g.switch(()).unwrap();
     assert!(matches!(g.switch(()), Err(Error::DeadGreenlet { id }) if id == g.id()));
@@ -263,10 +264,10 @@ fn g_switch_to_dead_greenlet_is_an_error() {
     );
 }
 
-// h. dropping an unfinished greenlet unwinds it
+// dropping an unfinished greenlet unwinds it
 
 #[test]
-fn h_dropping_started_greenlet_unwinds_its_stack() {
+fn dropping_started_greenlet_unwinds_its_stack() {
     let main = getcurrent();
     let dropped = Rc::new(Cell::new(false));
     let after = Rc::new(Cell::new(false));
@@ -288,7 +289,7 @@ fn h_dropping_started_greenlet_unwinds_its_stack() {
 }
 
 #[test]
-fn h_dropped_greenlet_returns_its_stack_to_the_pool() {
+fn dropped_greenlet_returns_its_stack_to_the_pool() {
     let main = getcurrent();
     // Warm the pool, then check that a killed greenlet's stack is reused.
     let mut addrs = Vec::new();
@@ -306,7 +307,7 @@ fn h_dropped_greenlet_returns_its_stack_to_the_pool() {
 }
 
 #[test]
-fn h_dropping_unstarted_greenlet_frees_it_without_running() {
+fn dropping_unstarted_greenlet_frees_it_without_running() {
     let ran = Rc::new(Cell::new(false));
     let captured = Rc::new(Cell::new(false));
     let (r, c) = (ran.clone(), captured.clone());
@@ -325,7 +326,7 @@ fn h_dropping_unstarted_greenlet_frees_it_without_running() {
 }
 
 #[test]
-fn h_kill_unwinds_and_reports_killed() {
+fn kill_unwinds_and_reports_killed() {
     let main = getcurrent();
     let dropped = Rc::new(Cell::new(false));
     let d = dropped.clone();
@@ -341,7 +342,7 @@ fn h_kill_unwinds_and_reports_killed() {
 }
 
 #[test]
-fn h_panic_while_unwinding_on_drop_is_reported_not_silent() {
+fn panic_while_unwinding_on_drop_is_reported_not_silent() {
     // A greenlet that turns its kill into an ordinary panic: the drop survives.
     let main = getcurrent();
     let g = Greenlet::new(move |_| -> Result<(), Error> {
@@ -354,7 +355,7 @@ fn h_panic_while_unwinding_on_drop_is_reported_not_silent() {
 }
 
 #[test]
-fn h_greenlet_that_ignores_its_kill_is_unwound_by_force() {
+fn greenlet_that_ignores_its_kill_is_unwound_by_force() {
     let main = getcurrent();
     let dropped = Rc::new(Cell::new(false));
     let d = dropped.clone();
@@ -370,11 +371,11 @@ fn h_greenlet_that_ignores_its_kill_is_unwound_by_force() {
     assert!(dropped.get());
 }
 
-// i. handles are !Send / !Sync (compile_fail doctests in runtime/greenlet/mod.rs);
+// handles are !Send / !Sync (compile_fail doctests in runtime/greenlet/mod.rs);
 //    another thread has its own main greenlet
 
 #[test]
-fn i_second_thread_has_its_own_main_greenlet() {
+fn second_thread_has_its_own_main_greenlet() {
     let here = getcurrent().id();
     let there = std::thread::spawn(|| {
         let main = getcurrent();
@@ -389,10 +390,10 @@ fn i_second_thread_has_its_own_main_greenlet() {
     assert_eq!(there.2, there.0);
 }
 
-// j. settrace
+// settrace
 
 #[test]
-fn j_settrace_sees_every_switch_and_throw() {
+fn settrace_sees_every_switch_and_throw() {
     let log: Rc<RefCell<Vec<(TraceEvent, u64, u64)>>> = Rc::default();
     let sink = log.clone();
     let previous = settrace(Some(Box::new(move |ev, from, to| {
@@ -422,7 +423,7 @@ fn j_settrace_sees_every_switch_and_throw() {
 }
 
 #[test]
-fn j_panicking_trace_hook_is_removed_not_fatal() {
+fn panicking_trace_hook_is_removed_not_fatal() {
     settrace(Some(Box::new(|_, _, _| panic!("bad hook"))));
     let g = Greenlet::new(|_| Ok(5));
     assert_eq!(int(g.switch(()).unwrap()), 5);

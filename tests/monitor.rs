@@ -172,18 +172,22 @@ fn a_greenlet_in_a_blocking_syscall_is_reported_as_such() {
     let stop = Rc::new(Cell::new(false));
     let waiting = ticker(&stop);
     let sink = reports.clone();
-    let hog = spawn(move || {
-        let t = Instant::now();
-        while !reported_me(&sink) && t.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20)); // blocks the hub in a syscall
-        }
-    });
+    let hog = greenhub::hub::Builder::new()
+        .name("sleeper")
+        .spawn(move || {
+            let t = Instant::now();
+            while !reported_me(&sink) && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(20)); // blocks the hub in a syscall
+            }
+        });
     let id = hog.id();
     hog.join().unwrap();
     let mine = wait_reports(&reports, id, has_open);
     stop_ticker(&stop, waiting);
     restore();
     let r = mine.iter().find(|r| !r.finished).expect("a report");
+    // Not signalled (it is in a system call): named from what the hub published.
+    assert_eq!(r.greenlet_name.as_deref(), Some("sleeper"), "{r}");
     match &r.activity {
         ThreadActivity::Syscall { name, .. } => {
             assert!(name.contains("nanosleep"), "{r}");

@@ -1,5 +1,6 @@
 //! Under the hooks, a greenlet blocked in a call they cannot make cooperative (a futex:
-//! std's `Mutex`) still blocks its thread, and the monitor still reports it.
+//! std's `Mutex`) still blocks its thread, and the monitor still reports it when it keeps
+//! another greenlet waiting.
 #![cfg(feature = "monkey")]
 
 use std::sync::{Arc, Mutex, mpsc};
@@ -42,6 +43,13 @@ fn a_greenlet_blocked_in_a_std_mutex_is_reported_by_the_monitor() {
         drop(guard);
     });
     held_rx.recv().unwrap();
+    // A block is reported when it delays someone: this greenlet's timer falls due while
+    // the waiter holds the thread.
+    let ticker = greenhub::spawn(|| {
+        loop {
+            greenhub::sleep(Duration::from_millis(20));
+        }
+    });
     let waiter = greenhub::hub::Builder::new()
         .name("mutex-waiter")
         .spawn(move || drop(lock.lock().unwrap()));
@@ -49,6 +57,7 @@ fn a_greenlet_blocked_in_a_std_mutex_is_reported_by_the_monitor() {
     id_tx.send(id).unwrap();
     waiter.join().unwrap();
     holder.join().unwrap();
+    ticker.kill();
     monitor::configure(Config::default());
     let reports = reports.lock().unwrap();
     let r = reports

@@ -38,7 +38,9 @@
 //! needs_sync(&greenhub::getcurrent()); // Greenlet is not Sync
 //! ```
 
+mod builder;
 pub(crate) mod probe;
+mod spares;
 mod stack;
 mod switch;
 mod trace;
@@ -55,8 +57,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::Error;
 use switch::{Co, GreenYielder, Payload};
 
+pub use builder::Builder;
+pub(crate) use spares::Spares;
 pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
-pub(crate) use switch::{is_forced_unwind, signal_safe_identity};
+pub(crate) use switch::{is_forced_unwind, live_greenlets, signal_safe_identity};
 pub use trace::{TraceEvent, TraceHook, settrace};
 pub use value::Value;
 
@@ -97,7 +101,16 @@ pub(crate) struct Inner {
     /// yet (`co` is `None`): its first switch takes a stack and makes it.
     lazy: Cell<Option<Weak<dyn LazyBody>>>,
     yielder: Cell<*const GreenYielder>,
-    forced_unwind: Cell<bool>,
+    /// While it is being killed by force (see `switch::kill_on_drop`): the greenlet
+    /// waiting for its death, from `Rc::as_ptr`; null otherwise. Its switches fail then.
+    forced_by: Cell<*const Inner>,
+    /// Switches it attempted while being killed by force (bounded, then it is leaked).
+    forced_switches: Cell<u32>,
+    /// A kill reached it while the thread was unwinding, so it got `Err(Killed)` instead
+    /// of an unwind: if it then dies panicking, the kill is its death.
+    killed_unwinding: Cell<bool>,
+    /// Its index in this thread's registry of greenlet records (`usize::MAX`: none).
+    registered: Cell<usize>,
 }
 
 /// The function of a greenlet whose stack and coroutine are only made at its first switch
@@ -137,6 +150,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        switch::unregister(self);
         if self.lazy.get_mut().is_some() {
             switch::lazy_gone();
         }
@@ -155,10 +169,49 @@ impl Drop for Inner {
 
 /// A handle to a greenlet. Cloning it makes another handle to the same greenlet.
 ///
+/// # Dropping
+///
 /// Dropping the last handle of a started, unfinished greenlet kills it: its stack unwinds
 /// (every destructor on it runs) and returns to the pool, as Python raises `GreenletExit`
 /// in a greenlet that is garbage-collected. The running greenlet and the parents of live
-/// greenlets are always referenced, so they are never killed this way.
+/// greenlets are always referenced, so they are never killed this way. While it dies,
+/// its parent is the greenlet that dropped it (so its death returns there); its own
+/// parent is restored afterwards, as in Python.
+///
+/// A greenlet that catches the kill (`catch_unwind`) and switches back alive lives on if
+/// it made a new handle to itself meanwhile (Python's resurrection). Otherwise it is
+/// killed again, and its switches fail with `Err(Error::Killed)` until it is dead; if it
+/// catches that unwind too, it cannot be ended: it is reported on stderr and its stack
+/// is leaked (never unwound nor reused) rather than left to spin.
+///
+/// # Reference cycles
+///
+/// Rust does not collect cycles. A greenlet that its own stack keeps alive, directly or
+/// through other greenlets, never gets its last handle dropped: it is never killed, its
+/// stack is never unwound and its memory never freed. The usual ways to make one:
+///
+/// - keeping `getcurrent()` (or another handle to the greenlet itself) in a local
+///   variable across a switch, or in a temporary: `getcurrent().parent().unwrap()
+///   .switch(v)` keeps the temporary `getcurrent()` alive until the switch returns (bind
+///   the parent first: `let parent = getcurrent().parent().unwrap(); parent.switch(v)`);
+/// - a suspended parent whose stack holds a handle to its child (the child holds its
+///   parent as its parent);
+/// - two suspended greenlets whose stacks hold each other's handles, or a greenlet whose
+///   function captured a shared slot (`Rc<RefCell<..>>`) that holds its own handle.
+///
+/// Drop such handles before switching away, pass them in switch values instead, or end
+/// the greenlet with [`kill`](Greenlet::kill). `greenhub::dump()` lists every live
+/// greenlet the hub has no task for under "greenlets not known to the hub": that is
+/// where a greenlet kept alive by a cycle shows up.
+///
+/// # Panics are per thread
+///
+/// Rust keeps its panic state per thread, not per greenlet (Python keeps exception state
+/// per greenlet): while any greenlet of the thread is unwinding (one switched away from a
+/// destructor that runs during its unwinding), `std::thread::panicking()` is true in
+/// every greenlet that runs. A std `Mutex` guard dropped meanwhile poisons its mutex, and
+/// a kill arrives as `Err(Error::Killed)` rather than as an unwind (see
+/// [`kill`](Greenlet::kill)).
 pub struct Greenlet {
     pub(crate) inner: Rc<Inner>,
 }
@@ -236,7 +289,10 @@ impl Greenlet {
             co: RefCell::new(None),
             lazy: Cell::new(None),
             yielder: Cell::new(std::ptr::null()),
-            forced_unwind: Cell::new(false),
+            forced_by: Cell::new(std::ptr::null()),
+            forced_switches: Cell::new(0),
+            killed_unwinding: Cell::new(false),
+            registered: Cell::new(usize::MAX),
         }))
     }
 
@@ -302,8 +358,15 @@ impl Greenlet {
 
     /// Kills this greenlet: it unwinds from its switch point (every destructor on its stack
     /// runs) and its death (`Err(Error::Killed)`) goes to its parent, like Python's
-    /// `g.throw()` with `GreenletExit`. An unstarted greenlet dies without running. The main
-    /// greenlet cannot be killed: it gets `Err(Error::Killed)` at its switch point instead.
+    /// `g.throw()` with `GreenletExit`. An unstarted greenlet dies without running (its
+    /// parent gets `Err(Error::Killed)`, it is not killed itself). The main greenlet
+    /// cannot be killed: it gets `Err(Error::Killed)` at its switch point instead.
+    ///
+    /// While the thread is unwinding from a panic (see [`Greenlet`] on panics), the kill
+    /// arrives as `Err(Error::Killed)` from its switch rather than as an unwind: the
+    /// greenlet may be switched away from a destructor that runs during its own unwinding,
+    /// where a second unwind would abort the process. If it then dies of that unwinding,
+    /// its death is the kill.
     ///
     /// # Errors
     /// As [`throw`](Greenlet::throw).
@@ -347,7 +410,10 @@ impl Greenlet {
             }
             ancestor = a.parent();
         }
-        *self.inner.parent.borrow_mut() = Some(parent.clone());
+        let old = self.inner.parent.replace(Some(parent.clone()));
+        // Dropped once the field is released: if it was the old parent's last handle, its
+        // death runs user code, which may look at this greenlet's parent.
+        drop(old);
         Ok(())
     }
 
@@ -391,6 +457,17 @@ impl Greenlet {
     pub fn is_main(&self) -> bool {
         self.inner.is_main
     }
+
+    /// Where it is in its life, in words (for `dump()`).
+    pub(crate) fn state_name(&self) -> &'static str {
+        match self.inner.state.get() {
+            State::Unstarted => "not started",
+            State::Running => "running",
+            State::Suspended => "suspended",
+            State::Resuming => "waiting in a switch into another greenlet",
+            State::Dead => "dead",
+        }
+    }
 }
 
 impl Clone for Greenlet {
@@ -413,105 +490,6 @@ impl Drop for Greenlet {
                 Spares::put(&mut self.inner);
             }
         }
-    }
-}
-
-/// What differs between new greenlets' `Inner`s (see [`Spares::alloc`]).
-struct NewInner {
-    id: u64,
-    name: Option<Box<str>>,
-    spawned_at: &'static Location<'static>,
-    stack_size: usize,
-    parent: Greenlet,
-    co: Option<Co>,
-    lazy: Option<Weak<dyn LazyBody>>,
-}
-
-/// The allocations of dead greenlets' `Inner`s, kept for new greenlets on this thread, so
-/// that spawn-heavy code allocates nothing for them. Like the stack pool, it keeps at most
-/// [`Spares::LIMIT`] and [`trim`](Spares::trim) frees those left unused for a whole
-/// interval. (The memory it keeps was in use by that many live greenlets just before.)
-#[derive(Default)]
-pub(crate) struct Spares {
-    free: Vec<Rc<Inner>>,
-    /// The fewest spares seen since the last trim: that many went unused.
-    low_water: usize,
-}
-
-impl Spares {
-    /// As many as the stack pool keeps hot stacks: ~3 MiB.
-    const LIMIT: usize = 16_384;
-
-    /// The `Inner` of a new (not main) greenlet: a spare one if there is one.
-    #[inline]
-    fn alloc(new: NewInner) -> Rc<Inner> {
-        let spare = switch::try_with_thread(|t| {
-            let mut spares = t.spares.try_borrow_mut().ok()?;
-            let rc = spares.free.pop()?;
-            spares.low_water = spares.low_water.min(spares.free.len());
-            Some(rc)
-        });
-        if let Some(Some(mut rc)) = spare
-            && let Some(inner) = Rc::get_mut(&mut rc)
-        {
-            // Field by field: a spare's `parent`, `name`, `co` and `lazy` are empty (see
-            // `put`), so nothing is dropped here, and nothing else needs resetting.
-            inner.id = new.id;
-            inner.name = new.name;
-            inner.spawned_at = Some(new.spawned_at);
-            inner.stack_size = new.stack_size;
-            *inner.parent.get_mut() = Some(new.parent);
-            inner.state.set(State::Unstarted);
-            *inner.co.get_mut() = new.co;
-            inner.lazy.set(new.lazy);
-            inner.yielder.set(std::ptr::null());
-            inner.forced_unwind.set(false);
-            return rc;
-        }
-        Rc::new(Inner {
-            id: new.id,
-            is_main: false,
-            name: new.name,
-            spawned_at: Some(new.spawned_at),
-            stack_size: new.stack_size,
-            parent: RefCell::new(Some(new.parent)),
-            state: Cell::new(State::Unstarted),
-            co: RefCell::new(new.co),
-            lazy: Cell::new(new.lazy),
-            yielder: Cell::new(std::ptr::null()),
-            forced_unwind: Cell::new(false),
-        })
-    }
-
-    /// Keeps the allocation of a dead greenlet's `Inner` for reuse, if there is room: the
-    /// spares take a handle to it, so `rc` (being dropped) is no longer its last.
-    #[inline(never)]
-    fn put(rc: &mut Rc<Inner>) {
-        let Some(inner) = Rc::get_mut(rc) else {
-            return; // not the last handle, or a weak one is around
-        };
-        if inner.is_main || inner.co.get_mut().is_some() {
-            return;
-        }
-        // A spare holds nothing: its parent is released (last, below) and its name freed.
-        let parent = inner.parent.get_mut().take();
-        inner.name = None;
-        drop(switch::take_lazy(inner));
-        switch::try_with_thread(|t| {
-            if let Ok(mut spares) = t.spares.try_borrow_mut()
-                && spares.free.len() < Spares::LIMIT
-            {
-                spares.free.push(rc.clone());
-            }
-        });
-        drop(parent); // may kill the parent (its last handle), which runs user code
-    }
-
-    /// Frees the spares that nobody took since the previous trim.
-    pub(crate) fn trim(&mut self) {
-        let unused = self.low_water.min(self.free.len());
-        self.free.drain(..unused);
-        self.low_water = self.free.len();
     }
 }
 
@@ -573,128 +551,4 @@ pub(crate) fn trim_stack_pool() {
         t.pool.borrow_mut().trim();
         t.spares.borrow_mut().trim();
     });
-}
-
-/// Configures a greenlet before creating it: name, stack size, parent.
-#[derive(Default)]
-pub struct Builder {
-    name: Option<String>,
-    stack_size: Option<usize>,
-    parent: Option<Greenlet>,
-}
-
-impl Builder {
-    /// A builder with no name, the thread's default stack size, and the running greenlet
-    /// as the parent.
-    pub fn new() -> Builder {
-        Builder::default()
-    }
-
-    /// Names the greenlet (shown in reports and `Debug`).
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// The usable stack size in bytes (rounded up to pages, at least [`MIN_STACK_SIZE`]).
-    pub fn stack_size(mut self, bytes: usize) -> Builder {
-        self.stack_size = Some(bytes);
-        self
-    }
-
-    /// The parent (default: the running greenlet).
-    pub fn parent(mut self, parent: &Greenlet) -> Builder {
-        self.parent = Some(parent.clone());
-        self
-    }
-
-    /// Creates the greenlet; see [`Greenlet::new`].
-    ///
-    /// # Panics
-    /// If no stack can be mapped (out of memory).
-    #[track_caller]
-    pub fn build<F, T>(self, f: F) -> Greenlet
-    where
-        F: FnOnce(Value) -> Result<T, Error> + 'static,
-        T: Any,
-    {
-        self.build_at(Location::caller(), f)
-    }
-
-    /// [`build`](Builder::build), recording `spawned_at` as the place it was created
-    /// (for layers that create greenlets on a user's behalf, from inside a closure).
-    pub(crate) fn build_at<F, T>(self, spawned_at: &'static Location<'static>, f: F) -> Greenlet
-    where
-        F: FnOnce(Value) -> Result<T, Error> + 'static,
-        T: Any,
-    {
-        let parent = self.parent.unwrap_or_else(switch::current);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let mut stack = switch::with_thread(|t| {
-            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
-            t.pool.borrow_mut().get(size)
-        })
-        .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
-        let name = self.name.map(String::into_boxed_str);
-        stack.set_owner(id, name.as_deref().unwrap_or(""));
-        let stack_size = stack.usable_size();
-        let co = switch::new_coroutine(stack, move |v| f(v).map(Value::new));
-        Greenlet::from_rc(Spares::alloc(NewInner {
-            id,
-            name,
-            spawned_at,
-            stack_size,
-            parent,
-            co: Some(co),
-            lazy: None,
-        }))
-    }
-
-    /// Like [`build_at`](Builder::build_at) for a greenlet that runs `body`, which it holds
-    /// weakly until it starts (if `body` is gone by then, it returns `()` at once).
-    ///
-    /// Its stack is taken from the pool at its first switch, if the pool has a free stack
-    /// for it then (more free stacks than greenlets waiting so): greenlets that are spawned
-    /// in a batch and run one after another then all run on the same warm stack. Else
-    /// (the pool would have to map and touch a new stack) it takes its stack now, so that
-    /// this cost stays with the code that spawns, not the hub that runs it.
-    ///
-    /// # Panics
-    /// If no stack can be mapped (out of memory, or a stack size too large).
-    pub(crate) fn build_lazy(
-        self,
-        spawned_at: &'static Location<'static>,
-        body: Weak<dyn LazyBody>,
-    ) -> Greenlet {
-        let parent = self.parent.unwrap_or_else(switch::current);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let name = self.name.map(String::into_boxed_str);
-        let cannot_map =
-            |e| -> ! { panic!("greenhub: cannot map a stack for a new greenlet: {e}") };
-        let (stack_size, co, lazy) = switch::with_thread(|t| {
-            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
-            let usable = stack::usable_size_for(size).unwrap_or_else(|e| cannot_map(e));
-            let waiting = t.lazy_waiting.get();
-            if t.pool.borrow().free_count(usable) > waiting {
-                t.lazy_waiting.set(waiting + 1);
-                return (usable, None, Some(body));
-            }
-            let stack = t.pool.borrow_mut().get(usable);
-            (usable, Some((stack, body)), None)
-        });
-        let co = co.map(|(stack, body)| {
-            let mut stack = stack.unwrap_or_else(|e| cannot_map(e));
-            stack.set_owner(id, name.as_deref().unwrap_or(""));
-            switch::lazy_coroutine(stack, body)
-        });
-        Greenlet::from_rc(Spares::alloc(NewInner {
-            id,
-            name,
-            spawned_at,
-            stack_size,
-            parent,
-            co,
-            lazy,
-        }))
-    }
 }

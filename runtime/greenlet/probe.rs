@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -50,7 +50,16 @@ pub struct Probe {
     /// ... and the value `switches` had once that greenlet was running: while `switches`
     /// still has it, that greenlet is the one running.
     pub(crate) running_mark: AtomicU64,
+    /// ... its name's first bytes (the greenlet `named_id`'s; `running_name_len` of them).
+    running_name: [AtomicU8; NAME_LEN],
+    running_name_len: AtomicUsize,
+    /// The greenlet whose name `running_name` holds (0: none), so that a greenlet run
+    /// again and again has its name copied once.
+    named_id: AtomicU64,
 }
+
+/// How much of a greenlet's name the probe publishes.
+const NAME_LEN: usize = 64;
 
 static PROBES: Mutex<Vec<Weak<Probe>>> = Mutex::new(Vec::new());
 
@@ -101,6 +110,9 @@ fn register() -> Arc<Probe> {
         running_id: AtomicU64::new(0),
         running_at: AtomicPtr::new(std::ptr::null_mut()),
         running_mark: AtomicU64::new(u64::MAX),
+        running_name: [const { AtomicU8::new(0) }; NAME_LEN],
+        running_name_len: AtomicUsize::new(0),
+        named_id: AtomicU64::new(0),
     });
     let mut all = PROBES.lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|w| w.strong_count() > 0);
@@ -146,14 +158,33 @@ impl Probe {
     }
 
     /// Publishes the greenlet about to run: the next switch on this thread goes into it
-    /// (called by its own thread right before that switch).
+    /// (called by its own thread right before that switch). Its name is copied only when
+    /// another greenlet's was published last.
     #[inline]
-    pub(crate) fn publish_running(&self, id: u64, spawned_at: Option<&'static Location<'static>>) {
+    pub(crate) fn publish_running(
+        &self,
+        id: u64,
+        spawned_at: Option<&'static Location<'static>>,
+        name: Option<&str>,
+    ) {
         self.running_id.store(id, Ordering::Relaxed);
         let at = spawned_at.map_or(std::ptr::null_mut(), |l| l as *const _ as *mut _);
         self.running_at.store(at, Ordering::Relaxed);
+        if self.named_id.load(Ordering::Relaxed) != id {
+            self.publish_name(id, name);
+        }
         let next = self.switches.load(Ordering::Relaxed) + 1;
         self.running_mark.store(next, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn publish_name(&self, id: u64, name: Option<&str>) {
+        let bytes = name.map_or(&[][..], |n| &n.as_bytes()[..n.len().min(NAME_LEN)]);
+        for (slot, b) in self.running_name.iter().zip(bytes) {
+            slot.store(*b, Ordering::Relaxed);
+        }
+        self.running_name_len.store(bytes.len(), Ordering::Relaxed);
+        self.named_id.store(id, Ordering::Relaxed);
     }
 
     /// Publishes that the greenlet `id` is running now (no switch pending).
@@ -161,24 +192,40 @@ impl Probe {
         &self,
         id: u64,
         spawned_at: Option<&'static Location<'static>>,
+        name: Option<&str>,
     ) {
-        self.publish_running(id, spawned_at);
+        self.publish_running(id, spawned_at, name);
         let now = self.switches.load(Ordering::Relaxed);
         self.running_mark.store(now, Ordering::Relaxed);
     }
 
     /// The running greenlet as the hub published it, if it is still the one running:
-    /// its id and where it was spawned.
-    pub(crate) fn published_running(&self) -> Option<(u64, Option<&'static Location<'static>>)> {
+    /// its id, where it was spawned and its name.
+    pub(crate) fn published_running(&self) -> Option<PublishedRunning> {
         let id = self.running_id.load(Ordering::Relaxed);
         let at = self.running_at.load(Ordering::Relaxed);
         let mark = self.running_mark.load(Ordering::Relaxed);
         if id == 0 || mark != self.switches.load(Ordering::Relaxed) {
             return None;
         }
-        // SAFETY: `running_at` only ever holds null or a pointer made from a
-        // `&'static Location` in `publish_running`.
-        Some((id, (!at.is_null()).then(|| unsafe { &*at })))
+        let len = self.running_name_len.load(Ordering::Relaxed).min(NAME_LEN);
+        let name: Vec<u8> = self.running_name[..len]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        // The name is that greenlet's if it was published for it and not replaced while
+        // it was read (the thread has not switched since: it is still blocked).
+        let name = (self.named_id.load(Ordering::Relaxed) == id
+            && mark == self.switches.load(Ordering::Relaxed)
+            && !name.is_empty())
+        .then(|| String::from_utf8_lossy(&name).into_owned());
+        Some(PublishedRunning {
+            id,
+            // SAFETY: `running_at` only ever holds null or a pointer made from a
+            // `&'static Location` in `publish_running`.
+            spawned_at: (!at.is_null()).then(|| unsafe { &*at }),
+            name,
+        })
     }
 
     /// Publishes the hub's earliest timer (`None`: no timer).
@@ -186,6 +233,13 @@ impl Probe {
         self.next_timer
             .store(at.map_or(u64::MAX, clock_ns), Ordering::Relaxed);
     }
+}
+
+/// The greenlet a hub published as running (see [`Probe::published_running`]).
+pub(crate) struct PublishedRunning {
+    pub(crate) id: u64,
+    pub(crate) spawned_at: Option<&'static Location<'static>>,
+    pub(crate) name: Option<String>,
 }
 
 /// `at` as nanoseconds since a process-wide origin, so that threads can compare instants

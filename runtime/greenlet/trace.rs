@@ -2,14 +2,15 @@
 
 use std::cell::{Cell, RefCell};
 
-use super::Greenlet;
 use super::switch::set_trace_on;
+use super::{Greenlet, GreenletExit};
 
 /// Why the trace hook is being called (Python greenlet's `"switch"` / `"throw"` events).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TraceEvent {
     /// A value was switched from `origin` to `target` (including a finished greenlet's
-    /// result going to its parent).
+    /// result going to its parent, and, as in Python greenlet where `GreenletExit`
+    /// becomes the result, the death of a killed greenlet).
     Switch,
     /// An error, kill or panic was raised in `target` by `origin`.
     Throw,
@@ -29,7 +30,12 @@ thread_local! {
 ///
 /// The hook runs on every switch and throw on this thread, after the switch, on the
 /// target's stack. A hook that panics is removed (with a note on stderr); the panic does
-/// not reach the switching code. Switching from inside the hook is not traced.
+/// not reach the switching code. Switching from inside the hook is not traced; a greenlet
+/// killed while its hook call is switched away is unwound from there (the hook stays).
+///
+/// An error or kill thrown into an unstarted greenlet is traced as in Python: `Throw`
+/// from the thrower to it, then its death from it to its parent (that first call runs
+/// on the thrower's stack).
 ///
 /// # Examples
 ///
@@ -73,6 +79,15 @@ pub(crate) fn call(event: TraceEvent, origin: &Greenlet, target: &Greenlet) {
                 HOOK.with(|h| *h.borrow_mut() = Some(hook));
                 set_trace_on(true);
             }
+        }
+        Err(payload) if payload.is::<GreenletExit>() => {
+            // The hook switched away and its greenlet was killed meanwhile: the kill is
+            // not the hook's failure. The hook stays, and the kill unwinds its greenlet.
+            if GENERATION.with(Cell::get) == generation {
+                HOOK.with(|h| *h.borrow_mut() = Some(hook));
+                set_trace_on(true);
+            }
+            std::panic::resume_unwind(payload);
         }
         Err(_) => {
             eprintln!("greenhub: the trace hook panicked and has been removed");

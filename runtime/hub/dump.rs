@@ -98,6 +98,9 @@ pub fn dump() -> String {
     if out.is_empty() {
         let _ = writeln!(out, "no hub has been started (asked from thread '{here}')");
     }
+    if mine.is_none() {
+        format_unknown_greenlets(None, &HashMap::new(), &mut out);
+    }
     out
 }
 
@@ -205,7 +208,38 @@ fn format_hub(hub: &Rc<Hub>) -> String {
             }
         }
     }
+    format_unknown_greenlets(Some(hub), &task_of, &mut out);
     out
+}
+
+/// Lists the live greenlets of this thread that its hub (if it has one) has no task for
+/// (made with `Greenlet::new` and never blocked on the hub): where a greenlet kept alive
+/// by a reference cycle shows up.
+fn format_unknown_greenlets(hub: Option<&Hub>, known: &HashMap<u64, &Rc<Task>>, out: &mut String) {
+    let unknown: Vec<Greenlet> = crate::greenlet::live_greenlets()
+        .into_iter()
+        .filter(|g| hub.is_none_or(|hub| *g != hub.greenlet) && !known.contains_key(&g.id()))
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  greenlets not known to the hub: {} (one your code holds no handle to is kept alive by a reference cycle)",
+        unknown.len()
+    );
+    for g in &unknown {
+        let name = g.name().map(|n| format!(" \"{n}\"")).unwrap_or_default();
+        let at = g
+            .spawned_at()
+            .map(|l| format!(", created at {l}"))
+            .unwrap_or_default();
+        let parent = g
+            .parent()
+            .map(|p| format!(", parent #{}", p.id()))
+            .unwrap_or_default();
+        let _ = writeln!(out, "    #{}{name}: {}{parent}{at}", g.id(), g.state_name());
+    }
 }
 
 fn describe(what: WaitOn) -> String {

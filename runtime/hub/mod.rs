@@ -151,7 +151,7 @@ impl Hub {
         if let Some(probe) = &probe {
             // Until the hub runs anything, the greenlet that made it is the one running.
             let me = getcurrent();
-            probe.publish_running_now(me.id(), me.spawned_at());
+            probe.publish_running_now(me.id(), me.spawned_at(), me.name());
             probe
                 .has_hub
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -527,7 +527,11 @@ impl Hub {
     #[inline]
     fn publish(&self, p: &crate::greenlet::probe::Probe, task: &Task) {
         use std::sync::atomic::Ordering::Relaxed;
-        p.publish_running(task.greenlet.id(), task.greenlet.spawned_at());
+        p.publish_running(
+            task.greenlet.id(),
+            task.greenlet.spawned_at(),
+            task.greenlet.name(),
+        );
         let ready = self.ready.borrow().len() + self.yielded.borrow().len();
         p.ready.store(ready, Relaxed);
         p.io_waiting.store(self.io.waiting(), Relaxed);
@@ -609,7 +613,7 @@ impl Hub {
             _ => {
                 // Nobody waits on the hub (it was switched to directly): go back to main.
                 if let Some(p) = &self.probe {
-                    p.publish_running(self.main.id(), None);
+                    p.publish_running(self.main.id(), None, self.main.name());
                     p.ready.store(0, std::sync::atomic::Ordering::Relaxed);
                     p.io_waiting.store(0, std::sync::atomic::Ordering::Relaxed);
                     p.thread_waits

@@ -365,9 +365,15 @@ impl<T: 'static> JoinHandle<T> {
             std::panic::resume_unwind(Box::new(GreenletExit));
         }
         if !g.is_started() {
-            // Never runs: it dies here, and its death comes back to us, not to the hub.
+            // Never runs: it dies here, and its death (`Err(Killed)`, a value for us, not
+            // a kill of us) comes back to us, not to the hub. Its parent is the hub again
+            // afterwards.
+            let parent = g.parent();
             let _ = g.set_parent(&getcurrent());
             let _ = g.kill();
+            if let Some(parent) = parent {
+                let _ = g.set_parent(&parent);
+            }
             self.task.completion.func.discard();
             self.task.completion.complete(Err(Error::Killed));
             return;

@@ -240,9 +240,10 @@ impl Episode {
             // Not signalled (in a system call) or no answer: the greenlet the hub switched
             // into, if it is still the one running.
             None => {
-                if let Some((id, at)) = probe.published_running() {
-                    report.greenlet_id = id;
-                    report.spawned_at = at.map(|l| l.to_string());
+                if let Some(running) = probe.published_running() {
+                    report.greenlet_id = running.id;
+                    report.greenlet_name = running.name;
+                    report.spawned_at = running.spawned_at.map(|l| l.to_string());
                 }
             }
         }
