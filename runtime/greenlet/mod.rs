@@ -55,7 +55,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Error;
-use switch::{Co, GreenYielder, Payload};
+use switch::{CoSlot, GreenYielder, Payload};
 
 pub use builder::Builder;
 pub(crate) use spares::Spares;
@@ -96,7 +96,7 @@ pub(crate) struct Inner {
     stack_size: usize,
     parent: RefCell<Option<Greenlet>>,
     state: Cell<State>,
-    co: RefCell<Option<Co>>,
+    co: CoSlot,
     /// The function of a greenlet made by [`Builder::build_lazy`] that has no coroutine
     /// yet (`co` is `None`): its first switch takes a stack and makes it.
     lazy: Cell<Option<Weak<dyn LazyBody>>>,
@@ -286,7 +286,7 @@ impl Greenlet {
             stack_size: 0,
             parent: RefCell::new(None),
             state: Cell::new(State::Running),
-            co: RefCell::new(None),
+            co: CoSlot::new(None),
             lazy: Cell::new(None),
             yielder: Cell::new(std::ptr::null()),
             forced_by: Cell::new(std::ptr::null()),

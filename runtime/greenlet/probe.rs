@@ -148,15 +148,16 @@ pub(crate) fn all() -> Vec<Arc<Probe>> {
         .collect()
 }
 
-impl Probe {
-    /// Records a switch (the switch path: one relaxed store; only this thread writes the
-    /// counter, so load + store is enough).
-    #[inline(always)]
-    pub(crate) fn record_switch(&self) {
-        let n = self.switches.load(Ordering::Relaxed);
-        self.switches.store(n + 1, Ordering::Relaxed);
-    }
+/// Records a switch on `switches`: a probe's `switches`, or the counter of a thread that
+/// has no probe (the switch path: one relaxed store; only this thread writes the
+/// counter, so load + store is enough).
+#[inline(always)]
+pub(crate) fn record_switch(switches: &AtomicU64) {
+    let n = switches.load(Ordering::Relaxed);
+    switches.store(n + 1, Ordering::Relaxed);
+}
 
+impl Probe {
     /// Publishes the greenlet about to run: the next switch on this thread goes into it
     /// (called by its own thread right before that switch). Its name is copied only when
     /// another greenlet's was published last.

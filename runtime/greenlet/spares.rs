@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::panic::Location;
 use std::rc::{Rc, Weak};
 
-use super::switch::{self, Co};
+use super::switch::{self, Co, CoSlot};
 use super::{Greenlet, Inner, LazyBody, State};
 
 /// What differs between new greenlets' `Inner`s (see [`Spares::alloc`]).
@@ -69,7 +69,7 @@ impl Spares {
             stack_size: new.stack_size,
             parent: RefCell::new(Some(new.parent)),
             state: Cell::new(State::Unstarted),
-            co: RefCell::new(new.co),
+            co: CoSlot::new(new.co),
             lazy: Cell::new(new.lazy),
             yielder: Cell::new(std::ptr::null()),
             forced_by: Cell::new(std::ptr::null()),

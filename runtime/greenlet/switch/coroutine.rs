@@ -1,6 +1,7 @@
 //! A greenlet's coroutine: the body that runs its function and sends its death to its
 //! parent, the lazy creation of spawned greenlets' coroutines, and recycling stacks.
 
+use std::cell::UnsafeCell;
 use std::rc::{Rc, Weak};
 
 use corosensei::Coroutine;
@@ -12,6 +13,78 @@ use super::{Co, GreenYielder};
 use crate::error::Error;
 use crate::greenlet::stack::Stack;
 use crate::greenlet::{GreenletExit, Inner, LazyBody, State, Value};
+
+/// A greenlet's coroutine, or none (the main greenlet, a spawned greenlet before its
+/// first switch, a dead one).
+///
+/// An `UnsafeCell`, not a `RefCell`, so that the switch path sets and clears no borrow
+/// flag. The greenlet's state says who may reach the coroutine:
+///
+/// - while the greenlet is `Running` or `Resuming`, only the `router::resume_with` frame
+///   that resumed it, through [`CoSlot::running`]: it sets the greenlet `Running` first,
+///   and the reference ends once the greenlet has switched back, with no user code run
+///   in between;
+/// - in any other state, anyone, through [`take`](CoSlot::take),
+///   [`put`](CoSlot::put) and [`is_some`](CoSlot::is_some), which check the state and
+///   run no user code while they hold the reference (they drop no coroutine).
+pub(crate) struct CoSlot(UnsafeCell<Option<Co>>);
+
+impl CoSlot {
+    pub(crate) fn new(co: Option<Co>) -> CoSlot {
+        CoSlot(UnsafeCell::new(co))
+    }
+
+    /// The coroutine, for the owner of the greenlet's record (no one else can reach it).
+    pub(crate) fn get_mut(&mut self) -> &mut Option<Co> {
+        self.0.get_mut()
+    }
+
+    /// Lends the coroutine of a greenlet in `state` (its current state) to `f`, which
+    /// must run no user code.
+    #[inline]
+    fn with<R>(&self, state: State, f: impl FnOnce(&mut Option<Co>) -> R) -> R {
+        assert!(
+            !matches!(state, State::Running | State::Resuming),
+            "the coroutine of a greenlet in the resume chain is its resumer's"
+        );
+        // SAFETY: the greenlet is neither running nor in the resume chain, so no
+        // `running` reference to its coroutine exists (see the type's docs), and the
+        // callers' closures run no user code, so no other reference is made meanwhile.
+        f(unsafe { &mut *self.0.get() })
+    }
+
+    /// Takes out the coroutine of a greenlet in `state` (not running, not resuming).
+    pub(crate) fn take(&self, state: State) -> Option<Co> {
+        self.with(state, Option::take)
+    }
+
+    /// Gives a coroutine to a greenlet in `state` that has none (not running, not resuming).
+    pub(crate) fn put(&self, state: State, co: Co) {
+        self.with(state, |slot| {
+            assert!(slot.is_none(), "a greenlet has one coroutine");
+            *slot = Some(co);
+        });
+    }
+
+    /// Does the greenlet, in `state` (not running, not resuming), have its coroutine?
+    pub(crate) fn is_some(&self, state: State) -> bool {
+        self.with(state, |slot| slot.is_some())
+    }
+
+    /// The coroutine of the greenlet that is being resumed.
+    ///
+    /// # Safety
+    /// The greenlet has its coroutine and has just been set `Running` by the caller,
+    /// which is about to resume it; the reference must end once it has switched back,
+    /// with no user code run in between.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn running(&self) -> &mut Co {
+        // SAFETY: per the contract, this is the only reference (see the type's docs).
+        let slot = unsafe { &mut *self.0.get() };
+        slot.as_mut().expect("a live greenlet owns its coroutine")
+    }
+}
 
 /// Makes the coroutine of the unstarted greenlet `ti`, built by `Builder::build_lazy`:
 /// takes a stack from the pool for it. If none can be mapped, `ti` dies without running
@@ -68,7 +141,7 @@ pub(crate) fn lazy_gone() {
 #[cold]
 pub(super) fn finished(ti: &Inner) {
     ti.state.set(State::Dead);
-    let co = ti.co.borrow_mut().take().expect("just resumed");
+    let co = ti.co.take(ti.state.get()).expect("just resumed");
     recycle(co);
 }
 
@@ -120,7 +193,7 @@ where
             // that ran a spawned greenlet), with no trace hook. The chain keeps the parent
             // alive and the message only travels up it, so it needs no handle: the
             // resumer lands it as a plain switch (`take_value`).
-            Payload::Value(v) if !h.trace_on.get() => match resuming_parent(me) {
+            Payload::Value(v) if !h.tracing() => match resuming_parent(me) {
                 Some(parent) => {
                     h.post_value(parent, v);
                     return;

@@ -4,7 +4,7 @@
 use std::ptr;
 use std::rc::Rc;
 
-use super::mailbox::{Msg, Payload};
+use super::mailbox::{FORCING, Hot, Msg, Payload};
 use super::router::transfer;
 use super::thread::{current, hot, traced_origin, try_with_thread};
 use crate::greenlet::{Greenlet, Inner, State, TraceEvent};
@@ -60,6 +60,9 @@ fn force_kill(me: &Greenlet, g: &Greenlet) {
     gi.forced_by.set(Rc::as_ptr(&me.inner));
     gi.forced_switches.set(0);
     let h = hot();
+    // Every switch takes the general path until the kill is over: it refuses the
+    // killed greenlet's switches.
+    let _forcing = Forcing::start(h);
     // A borrowed message: `g` outlives this call.
     let msg = Msg {
         target: Rc::as_ptr(&g.inner),
@@ -82,6 +85,22 @@ fn force_kill(me: &Greenlet, g: &Greenlet) {
     }
 }
 
+/// A kill by force in progress: counted in `Hot::slow` while it lives.
+struct Forcing<'h>(&'h Hot);
+
+impl<'h> Forcing<'h> {
+    fn start(h: &'h Hot) -> Self {
+        h.slow.set(h.slow.get() + FORCING);
+        Forcing(h)
+    }
+}
+
+impl Drop for Forcing<'_> {
+    fn drop(&mut self) {
+        self.0.slow.set(self.0.slow.get() - FORCING);
+    }
+}
+
 /// Says on stderr that the greenlet `gi` panicked `when`, if `reply` is its panic.
 fn report_panic(gi: &Inner, reply: &Payload, when: &str) {
     if let Payload::Panic(p) = reply {
@@ -93,7 +112,7 @@ fn report_panic(gi: &Inner, reply: &Payload, when: &str) {
 /// Gives up on the suspended greenlet `gi`: it is dead from now on, and its stack (with
 /// everything on it) is never unwound nor reused.
 fn leak_stack(gi: &Inner) {
-    if let Some(co) = gi.co.borrow_mut().take() {
+    if let Some(co) = gi.co.take(gi.state.get()) {
         std::mem::forget(co);
     }
     gi.state.set(State::Dead);

@@ -6,10 +6,10 @@ use std::cell::Cell;
 use std::mem::ManuallyDrop;
 use std::ptr;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 
 use crate::error::Error;
-use crate::greenlet::probe::Probe;
-use crate::greenlet::{Greenlet, Inner, TraceEvent, Value};
+use crate::greenlet::{Greenlet, Inner, TraceEvent, Value, probe};
 
 /// What travels with a switch.
 pub(crate) enum Payload {
@@ -75,7 +75,7 @@ pub(super) unsafe fn clone_handle(p: *const Inner) -> Greenlet {
     }
 }
 
-// The mailbox's `flags` byte.
+// The mailbox's `flags` byte (read only for a message posted by `post`, see `SLOW_TAG`).
 /// The mailbox holds one strong count of `to` (a `Msg` with `keep`).
 const OWNS_TO: u8 = 1;
 /// `origin` is set and holds one strong count.
@@ -90,14 +90,32 @@ const KIND_THROW: u8 = 1 << 4;
 const KIND_KILL: u8 = 2 << 4;
 const KIND_PANIC: u8 = 3 << 4;
 const KIND_MASK: u8 = 3 << 4;
-/// Flags that need more than "hand the value to the target": a fast landing is a
-/// message to us whose `flags & SLOW == 0` (a plain value, no handles to release, no
-/// trace hook to call).
-const SLOW: u8 = OWNS_TO | HAS_ORIGIN | KIND_MASK;
 
-/// The per-thread state on the switch path: the running greenlet, the trace flag and
-/// the one-message mailbox. Const-initialised and without drop glue, so that reaching
-/// it is a plain thread-pointer offset (no lazy-init or destructor-state check).
+// The low bits of the mailbox's `to` word, which holds the target's address (an `Inner`
+// is 8-aligned, so they are free). A plain value posted by `post_value` is the target's
+// address alone (`()`) or with `BOXED_TAG` (the box is in `data`); anything else is
+// posted by `post`, with `SLOW_TAG` and the details in `flags`. So a fast landing is one
+// load and one compare: `to` is our own address, or our address with `BOXED_TAG`.
+/// The message is described by `flags` (it may own handles or carry a non-value).
+const SLOW_TAG: usize = 1;
+/// A plain value whose box is in `data`.
+const BOXED_TAG: usize = 2;
+const TAGS: usize = SLOW_TAG | BOXED_TAG;
+const _: () = assert!(align_of::<Inner>() > TAGS);
+
+// The bits of `Hot::slow`.
+/// The thread's greenlet state does not exist (yet, or any more).
+pub(super) const NO_STATE: u32 = 1;
+/// A trace hook is installed (and not running).
+pub(super) const TRACING: u32 = 2;
+/// Added once per kill by force in progress (see `kill::force_kill`): the killed
+/// greenlet's switches must be refused, which only the general path checks.
+pub(super) const FORCING: u32 = 4;
+
+/// The per-thread state on the switch path: the running greenlet, what keeps switches
+/// off the fast paths, the monitor's switch counter and the one-message mailbox. Const-initialised and without
+/// drop glue, so that reaching it is a plain thread-pointer offset (no lazy-init or
+/// destructor-state check).
 ///
 /// The mailbox is a [`Msg`] taken apart into scalars, each written and read with the
 /// same width (so loads forward from stores). It is full only between a post and the
@@ -107,20 +125,26 @@ pub(crate) struct Hot {
     /// Invariant: non-null once the thread state exists, and the greenlet it points at
     /// is kept alive (module docs).
     pub(super) current: Cell<*const Inner>,
-    /// Is a trace hook installed (and not running)? Set by `trace`.
-    pub(super) trace_on: Cell<bool>,
-    /// This thread's monitor probe (null until the thread state exists).
-    pub(super) probe: Cell<*const Probe>,
-    /// Mailbox: the target.
-    pub(super) to: Cell<*const Inner>,
-    /// Mailbox: `OWNS_TO | HAS_ORIGIN | EVENT_THROW | BOXED | KIND_*`.
+    /// What keeps switches off the fast paths: `NO_STATE`, `TRACING`, and `FORCING` once
+    /// per kill by force in progress. Zero on the fast path, so that it is one test.
+    pub(super) slow: Cell<u32>,
+    /// The counter bumped on every switch: this thread's monitor probe's, or
+    /// `own_switches` when the thread has no probe. Null until the thread state exists
+    /// (nothing switches before that).
+    pub(super) switches: Cell<*const AtomicU64>,
+    /// The switch counter of a thread without a monitor probe (so that the switch path
+    /// needs no branch to skip the probe).
+    pub(super) own_switches: AtomicU64,
+    /// Mailbox: the target's address, with `SLOW_TAG` or `BOXED_TAG` (see above).
+    pub(super) to: Cell<usize>,
+    /// Mailbox: `OWNS_TO | HAS_ORIGIN | EVENT_THROW | BOXED | KIND_*`, if `SLOW_TAG`.
     pub(super) flags: Cell<u8>,
     /// Mailbox: the sender (one strong count) if `HAS_ORIGIN`.
     pub(super) origin: Cell<*const Inner>,
-    /// Mailbox: `Box::into_raw` of the value (`KIND_VALUE | BOXED`), of the `Box<Error>`
-    /// (`KIND_THROW`) or of a `Box<Box<dyn Any + Send>>` (`KIND_PANIC`), as `dyn Any`;
-    /// neither written nor read for `()` and `KIND_KILL` (it keeps a stale pointer
-    /// then), so that a switch with `()` moves no pointer through it.
+    /// Mailbox: `Box::into_raw` of the value (`BOXED_TAG`, or `KIND_VALUE | BOXED`), of
+    /// the `Box<Error>` (`KIND_THROW`) or of a `Box<Box<dyn Any + Send>>` (`KIND_PANIC`),
+    /// as `dyn Any`; neither written nor read for `()` and `KIND_KILL` (it keeps a stale
+    /// pointer then), so that a switch with `()` moves no pointer through it.
     pub(super) data: Cell<*mut dyn Any>,
 }
 
@@ -128,47 +152,65 @@ impl Hot {
     pub(super) const fn new() -> Hot {
         Hot {
             current: Cell::new(ptr::null()),
-            trace_on: Cell::new(false),
-            probe: Cell::new(ptr::null()),
-            to: Cell::new(ptr::null()),
+            slow: Cell::new(NO_STATE),
+            switches: Cell::new(ptr::null()),
+            own_switches: AtomicU64::new(0),
+            to: Cell::new(0),
             flags: Cell::new(0),
             origin: Cell::new(ptr::null()),
             data: Cell::new(ptr::null_mut::<()>() as *mut dyn Any),
         }
     }
 
-    /// Makes `p` the running greenlet and tells the monitor's probe (a switch).
+    /// May this switch take a fast path (no trace hook, no kill by force in progress,
+    /// and the thread state exists, so `current` is non-null)?
+    #[inline(always)]
+    pub(super) fn fast(&self) -> bool {
+        self.slow.get() == 0
+    }
+
+    /// Is a trace hook installed (and not running)?
+    #[inline(always)]
+    pub(super) fn tracing(&self) -> bool {
+        self.slow.get() & TRACING != 0
+    }
+
+    /// Sets or clears `bit` (`NO_STATE` or `TRACING`) of `slow`.
+    pub(super) fn set_slow(&self, bit: u32, on: bool) {
+        let s = self.slow.get();
+        self.slow.set(if on { s | bit } else { s & !bit });
+    }
+
+    /// Makes `p` the running greenlet and bumps the switch counter the monitor reads.
     #[inline(always)]
     pub(super) fn set_current(&self, p: *const Inner) {
         self.current.set(p);
-        let probe = self.probe.get();
-        if !probe.is_null() {
-            // SAFETY: `probe` points into this thread's probe `Arc`, kept by `probe::PROBE`
-            // for the life of the thread.
-            unsafe { (*probe).record_switch() };
-        }
+        // SAFETY: `switches` is set, before anything can switch, to this thread's probe's
+        // counter (the probe `Arc` is kept by `probe::PROBE` for the life of the thread)
+        // or to our own `own_switches` (this thread-local has no destructor, so it lives
+        // as long as the thread); both are atomics, shared only by reference.
+        probe::record_switch(unsafe { &*self.switches.get() });
     }
 
     /// Posts a plain value to `to`: no owned handles, no trace origin (the fast path).
     #[inline(always)]
     pub(super) fn post_value(&self, to: *const Inner, value: Value) {
-        self.to.set(to);
         match value.into_raw() {
-            None => self.flags.set(KIND_VALUE),
+            None => self.to.set(to as usize),
             Some(data) => {
-                self.flags.set(KIND_VALUE | BOXED);
                 self.data.set(data);
+                self.to.set(to as usize | BOXED_TAG);
             }
         }
     }
 
-    /// The value of a `KIND_VALUE` message with these `flags`.
+    /// The value of a plain value message: boxed in `data` if `boxed`.
     ///
     /// # Safety
-    /// Only once per posted `KIND_VALUE` message, on its way out of the mailbox.
+    /// Only once per posted value message, on its way out of the mailbox.
     #[inline(always)]
-    pub(super) unsafe fn value(&self, flags: u8) -> Value {
-        let raw = (flags & BOXED != 0).then(|| self.data.get());
+    unsafe fn value(&self, boxed: bool) -> Value {
+        let raw = boxed.then(|| self.data.get());
         // SAFETY: a boxed value's `data` is `Value::into_raw` of the value posted, and
         // per the contract this is the one take that follows that post.
         unsafe { Value::from_raw(raw) }
@@ -177,13 +219,13 @@ impl Hot {
     /// If the message that just landed is a plain value for `me`, takes it.
     #[inline(always)]
     pub(super) fn take_value(&self, me: *const Inner) -> Option<Value> {
-        let flags = self.flags.get();
-        if ptr::eq(self.to.get(), me) && flags & SLOW == 0 {
-            // SAFETY: a `KIND_VALUE` message that just landed: this is its one take.
-            Some(unsafe { self.value(flags) })
-        } else {
-            None
+        let word = self.to.get() ^ me as usize;
+        if word == 0 {
+            // SAFETY: a value message that just landed: this is its one take.
+            return Some(unsafe { self.value(false) });
         }
+        // SAFETY: as above.
+        (word == BOXED_TAG).then(|| unsafe { self.value(true) })
     }
 
     /// Puts `msg` in the mailbox, right before a machine switch.
@@ -218,7 +260,7 @@ impl Hot {
             Payload::Kill => (KIND_KILL, None),
             Payload::Panic(p) => (KIND_PANIC, Some(Box::into_raw(Box::new(p) as Box<dyn Any>))),
         };
-        self.to.set(target);
+        self.to.set(target as usize | SLOW_TAG);
         self.flags.set(flags | kind);
         if let Some(data) = data {
             self.data.set(data);
@@ -228,8 +270,13 @@ impl Hot {
     /// Takes the message posted by the other side of the switch that just landed here.
     #[inline]
     pub(super) fn take(&self) -> Msg {
-        let target = self.to.get();
-        let flags = self.flags.get();
+        let word = self.to.get();
+        let target = (word & !TAGS) as *const Inner;
+        let flags = match word & TAGS {
+            SLOW_TAG => self.flags.get(),
+            BOXED_TAG => KIND_VALUE | BOXED,
+            _ => KIND_VALUE,
+        };
         let keep = (flags & OWNS_TO != 0).then(|| {
             // SAFETY: `post` forgot a handle to `target` and recorded it in `OWNS_TO`;
             // this rebuilds that handle (once: every take follows exactly one post).
@@ -243,7 +290,7 @@ impl Hot {
         // made for this kind with `Box::into_raw`, not taken since (one take per post);
         // each arm rebuilds the box it came from, and only those arms read `data`.
         let payload = match flags & KIND_MASK {
-            KIND_VALUE => Payload::Value(unsafe { self.value(flags) }),
+            KIND_VALUE => Payload::Value(unsafe { self.value(flags & BOXED != 0) }),
             KIND_THROW => Payload::Throw(unsafe { Box::from_raw(self.data.get() as *mut Error) }),
             KIND_KILL => Payload::Kill,
             _ => {
@@ -340,9 +387,17 @@ mod tests {
         hot.post_value(me_ptr, Value::unit());
         assert!(hot.take_value(me_ptr).unwrap().is_unit());
         // For another greenlet: left for the router.
-        hot.post_value(Rc::as_ptr(&other.inner), Value::new(8_u8));
+        let other_ptr = Rc::as_ptr(&other.inner);
+        hot.post_value(other_ptr, Value::new(8_u8));
         assert!(hot.take_value(me_ptr).is_none());
-        assert_eq!(describe_value(hot.take()), Some(8));
+        let msg = hot.take();
+        assert!(ptr::eq(msg.target, other_ptr) && msg.keep.is_none() && msg.origin.is_none());
+        assert_eq!(describe_value(msg), Some(8));
+        hot.post_value(other_ptr, Value::unit());
+        assert!(hot.take_value(me_ptr).is_none());
+        let msg = hot.take();
+        assert!(ptr::eq(msg.target, other_ptr));
+        assert!(matches!(msg.payload, Payload::Value(v) if v.is_unit()));
         // A value that owns its target's handle, a traced one, a kill: the slow path.
         let slow = [
             (Some(me.clone()), None, Payload::Value(Value::new(9_u8))),

@@ -16,27 +16,31 @@ use crate::greenlet::{Greenlet, GreenletExit, Inner, State, TraceEvent, Value, t
 /// `target.switch(value)` from the running greenlet: returns what is eventually
 /// switched back, as `switch` returns it.
 ///
-/// The common cases (no trace hook; the target suspended, unstarted, or our resumer)
-/// are inlined into the caller and move only scalars; everything else goes through
-/// [`send`].
+/// The common cases (no trace hook, no kill by force in progress; the target
+/// suspended, unstarted, or above us in the resume chain) are inlined into the caller
+/// and move only scalars; everything else goes through [`send`].
 #[inline(always)]
 pub(crate) fn send_value(target: &Greenlet, value: Value) -> Result<Value, Error> {
     let h = hot();
-    let me = h.current.get();
-    let tp = Rc::as_ptr(&target.inner);
-    if !me.is_null() && !ptr::eq(me, tp) && !h.trace_on.get() {
-        // SAFETY: the running greenlet is alive while its own code runs (`Hot::current`).
-        let me_ref: &Inner = unsafe { &*me };
-        if me_ref.forced_by.get().is_null() {
-            match target.inner.state.get() {
-                // `target` is borrowed for the whole call: it stays alive while it runs.
-                State::Suspended => return fast_resume(h, me, tp, value),
-                State::Unstarted => return fast_start(h, me, tp, value),
-                State::Resuming if !me_ref.yielder.get().is_null() => {
-                    return fast_suspend(h, me, tp, value);
-                }
-                _ => {}
+    if h.fast() {
+        // Non-null: the thread state exists (`Hot::fast`).
+        let me = h.current.get();
+        let tp = Rc::as_ptr(&target.inner);
+        // Only the running greenlet is `Running`, so a target in any other state is not
+        // us. `target` is borrowed for the whole call: it stays alive while it runs.
+        // (Tested one by one, most common first: a jump table costs more.)
+        let state = target.inner.state.get();
+        if state == State::Suspended {
+            return fast_resume(h, me, tp, value);
+        }
+        if state == State::Resuming {
+            // SAFETY: the running greenlet is alive while its own code runs
+            // (`Hot::current`).
+            if !unsafe { &*me }.yielder.get().is_null() {
+                return fast_suspend(h, me, tp, value);
             }
+        } else if state == State::Unstarted {
+            return fast_start(h, me, tp, value);
         }
     }
     send(target, TraceEvent::Switch, Payload::Value(value))
@@ -96,17 +100,18 @@ fn fast_resume(h: &Hot, me: *const Inner, tp: *const Inner, value: Value) -> Res
 fn resume_with(h: &Hot, me: *const Inner, tp: *const Inner, post: impl FnOnce(&Hot)) {
     // SAFETY: `me` is running, so alive; `tp` is kept alive by our caller.
     let (me_ref, ti): (&Inner, &Inner) = unsafe { (&*me, &*tp) };
-    let mut slot = ti.co.borrow_mut();
-    let co = slot.as_mut().expect("a live greenlet owns its coroutine");
     me_ref.state.set(State::Resuming);
     ti.state.set(State::Running);
+    // SAFETY: `ti` was suspended, or unstarted with its coroutine made (our callers
+    // check), and is running now; the reference is last used by the `resume`, which
+    // returns once it has switched back to us (see `CoSlot`).
+    let co = unsafe { ti.co.running() };
     h.set_current(tp);
     post(h);
     let result = co.resume(());
     // Whatever ran meanwhile has suspended back to us: the resume chain ends here again.
     h.set_current(me);
     me_ref.state.set(State::Running);
-    drop(slot);
     if let CoroutineResult::Return(()) = result {
         finished(ti); // runs no user code: the reply stays in the mailbox
     }
@@ -135,12 +140,12 @@ fn suspend_with(me: &Inner, h: &Hot, post: impl FnOnce(&Hot)) {
 fn fast_start(h: &Hot, me: *const Inner, tp: *const Inner, value: Value) -> Result<Value, Error> {
     // SAFETY: `tp` is kept alive by our caller (see `fast_resume`).
     let ti: &Inner = unsafe { &*tp };
-    if ti.co.borrow().is_some() {
+    if ti.co.is_some(ti.state.get()) {
         return fast_resume(h, me, tp, value);
     }
     match make_lazy(ti) {
         Ok(co) => {
-            *ti.co.borrow_mut() = Some(co);
+            ti.co.put(ti.state.get(), co);
             fast_resume(h, me, tp, value)
         }
         Err(death) => {
@@ -244,10 +249,9 @@ pub(super) fn transfer(h: &Hot, me: *const Inner, mut msg: Msg) -> Payload {
             State::Resuming => msg = suspend(h, me, msg),
             State::Suspended => msg = resume(h, me, msg),
             State::Unstarted if matches!(msg.payload, Payload::Value(_)) => {
-                let lazy = target.co.borrow().is_none();
-                if lazy {
+                if !target.co.is_some(target.state.get()) {
                     match make_lazy(target) {
-                        Ok(co) => *target.co.borrow_mut() = Some(co),
+                        Ok(co) => target.co.put(target.state.get(), co),
                         Err(death) => {
                             // It died without running: its result goes to its parent.
                             msg.retarget(target.live_parent());
@@ -310,7 +314,7 @@ fn refuse_switch(h: &Hot, me: *const Inner, msg: Msg) -> Result<Value, Error> {
 fn throw_unstarted(msg: &mut Msg) {
     // SAFETY: the target is alive (the `Msg::target` invariant).
     let target: &Inner = unsafe { &*msg.target };
-    let co = target.co.borrow_mut().take();
+    let co = target.co.take(target.state.get());
     drop(take_lazy(target)); // a lazy greenlet's body is not run, nor dropped, here
     target.state.set(State::Dead);
     if matches!(msg.payload, Payload::Kill) {

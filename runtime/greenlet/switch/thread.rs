@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::ptr;
 use std::rc::Rc;
 
-use super::mailbox::{Hot, clone_handle};
+use super::mailbox::{Hot, NO_STATE, TRACING, clone_handle};
 use crate::greenlet::stack::{self, StackPool};
 use crate::greenlet::{Greenlet, Inner, Spares, State, probe};
 
@@ -28,7 +28,7 @@ pub(super) fn hot() -> &'static Hot {
 /// Turns trace-hook delivery on or off for this thread (see `trace`).
 #[inline]
 pub(crate) fn set_trace_on(on: bool) {
-    hot().trace_on.set(on);
+    hot().set_slow(TRACING, on);
 }
 
 /// The per-thread state behind the main greenlet.
@@ -49,6 +49,7 @@ pub(crate) struct ThreadState {
 impl Drop for ThreadState {
     fn drop(&mut self) {
         // From here on nothing can switch on this thread; greenlets still alive are leaked.
+        hot().set_slow(NO_STATE, true);
         hot().current.set(ptr::null());
     }
 }
@@ -57,8 +58,17 @@ impl ThreadState {
     fn new() -> Self {
         stack::install_overflow_handler();
         let main = Greenlet::new_main();
-        hot().set_current(Rc::as_ptr(&main.inner));
-        hot().probe.set(probe::init_thread());
+        let h = hot();
+        let probe = probe::init_thread();
+        h.switches.set(if probe.is_null() {
+            &h.own_switches
+        } else {
+            // SAFETY: `init_thread` returns null or a pointer into this thread's probe
+            // `Arc`, which `probe::PROBE` keeps for the life of the thread.
+            unsafe { &(*probe).switches }
+        });
+        h.set_current(Rc::as_ptr(&main.inner));
+        h.set_slow(NO_STATE, false);
         ThreadState {
             main,
             pool: RefCell::new(StackPool::new()),
@@ -117,11 +127,7 @@ pub(crate) fn is_forced_unwind() -> bool {
 /// The sender to record in a message: the running greenlet, if a trace hook wants it.
 #[inline]
 pub(super) fn traced_origin(h: &Hot) -> Option<Greenlet> {
-    if h.trace_on.get() {
-        Some(current())
-    } else {
-        None
-    }
+    if h.tracing() { Some(current()) } else { None }
 }
 
 /// Records the new greenlet record `rc` in this thread's registry ([`live_greenlets`]).
