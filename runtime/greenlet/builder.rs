@@ -90,14 +90,13 @@ impl Builder {
     /// Like [`build_at`](Builder::build_at) for a greenlet that runs `body`, which it holds
     /// weakly until it starts (if `body` is gone by then, it returns `()` at once).
     ///
-    /// Its stack is taken from the pool at its first switch, if the pool has a free stack
-    /// for it then (more free stacks than greenlets waiting so): greenlets that are spawned
-    /// in a batch and run one after another then all run on the same warm stack. Else
-    /// (the pool would have to map and touch a new stack) it takes its stack now, so that
-    /// this cost stays with the code that spawns, not the hub that runs it.
+    /// It takes its stack from the pool at its first switch, not now: a greenlet spawned
+    /// and not yet run holds no stack, so greenlets that are spawned in a batch and run
+    /// to their end one after another all run on the same warm stack. (If no stack can
+    /// be mapped then, it dies without running: see [`LazyBody::cannot_start`].)
     ///
     /// # Panics
-    /// If no stack can be mapped (out of memory, or a stack size too large).
+    /// If the stack size is too large to be mapped at all.
     pub(crate) fn build_lazy(
         self,
         spawned_at: &'static Location<'static>,
@@ -106,32 +105,19 @@ impl Builder {
         let parent = self.parent.unwrap_or_else(switch::current);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let name = self.name.map(String::into_boxed_str);
-        let cannot_map =
-            |e| -> ! { panic!("greenhub: cannot map a stack for a new greenlet: {e}") };
-        let (stack_size, co, lazy) = switch::with_thread(|t| {
-            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
-            let usable = stack::usable_size_for(size).unwrap_or_else(|e| cannot_map(e));
-            let waiting = t.lazy_waiting.get();
-            if t.pool.borrow().free_count(usable) > waiting {
-                t.lazy_waiting.set(waiting + 1);
-                return (usable, None, Some(body));
-            }
-            let stack = t.pool.borrow_mut().get(usable);
-            (usable, Some((stack, body)), None)
-        });
-        let co = co.map(|(stack, body)| {
-            let mut stack = stack.unwrap_or_else(|e| cannot_map(e));
-            stack.set_owner(id, name.as_deref().unwrap_or(""));
-            switch::lazy_coroutine(stack, body)
-        });
+        let size = self
+            .stack_size
+            .unwrap_or_else(|| switch::with_thread(|t| t.default_stack_size.get()));
+        let stack_size = stack::usable_size_for(size)
+            .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
         Greenlet::from_rc(Spares::alloc(NewInner {
             id,
             name,
             spawned_at,
             stack_size,
             parent,
-            co,
-            lazy,
+            co: None,
+            lazy: Some(body),
         }))
     }
 }

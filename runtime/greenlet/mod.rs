@@ -151,9 +151,6 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         switch::unregister(self);
-        if self.lazy.get_mut().is_some() {
-            switch::lazy_gone();
-        }
         let Some(co) = self.co.get_mut().take() else {
             return;
         };

@@ -1,6 +1,7 @@
 //! Guard pages: how they are made (`madvise(MADV_GUARD_INSTALL)`, or `mprotect` where the
 //! kernel lacks it), detected once per process, and the batched `process_madvise` calls
-//! that install guards and release stack memory many slots at a time.
+//! that install guards, fault stack pages in and release stack memory many slots at a
+//! time.
 
 use std::io;
 use std::ptr;
@@ -102,7 +103,7 @@ pub(super) fn install_guards(
         for (i, r) in ranges[..count].iter_mut().enumerate() {
             *r = (first + i * slot_size, guard);
         }
-        if advise_batch(&ranges[..count], MADV_GUARD_INSTALL) {
+        if advise_batch(&ranges[..count], Advice::GuardInstall) {
             return Ok(count);
         }
     }
@@ -122,7 +123,7 @@ pub(super) fn install_guards(
 /// Each range must be part of one of our arenas that nothing references: its
 /// contents are lost (it reads back as zeros).
 pub(super) unsafe fn release_ranges(ranges: &[(usize, usize)]) {
-    if advise_batch(ranges, libc::MADV_DONTNEED) {
+    if advise_batch(ranges, Advice::DontNeed) {
         return;
     }
     for &(addr, len) in ranges {
@@ -138,21 +139,67 @@ pub(super) unsafe fn release_ranges(ranges: &[(usize, usize)]) {
     }
 }
 
-/// Whether `process_madvise` on ourselves works: 0 not tried yet, 1 works, 2 refused by
-/// this kernel (then only `madvise` is used).
-pub(super) static BATCH_STATE: AtomicU8 = AtomicU8::new(0);
+/// Faults in the memory of the `(addr, len)` ranges, as a write would
+/// (`MADV_POPULATE_WRITE`): one `process_madvise` call where the kernel allows it, else
+/// one `madvise` each, else (before Linux 5.14, which rejects the advice) a write of a
+/// zero byte to each page. A range that cannot be populated (no memory) is left as it
+/// is: it faults in when it is used, as it would have without this call.
+///
+/// # Safety
+/// Each range must be part of one of our arenas that nothing references: a zero byte
+/// may be written to each of its pages.
+pub(super) unsafe fn populate_ranges(ranges: &[(usize, usize)]) {
+    if advise_batch(ranges, Advice::PopulateWrite) {
+        return;
+    }
+    let page = page_size();
+    for &(addr, len) in ranges {
+        // SAFETY: per the contract, nothing references the range's contents; populating
+        // private anonymous memory only allocates the pages a write would.
+        let rc = unsafe { libc::madvise(addr as *mut _, len, libc::MADV_POPULATE_WRITE) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            for p in (addr..addr + len).step_by(page) {
+                // SAFETY: per the contract, the page is mapped read-write, ours, and
+                // referenced by nothing, so writing a byte to it races with nothing.
+                unsafe { ptr::write_volatile(p as *mut u8, 0) };
+            }
+        }
+    }
+}
 
-/// Applies `advice` (`MADV_GUARD_INSTALL` or `MADV_DONTNEED`) to all of `ranges` (at
-/// most `MAX_BATCH`, each inside one of our arenas and referenced by nothing) with one
-/// `process_madvise(PIDFD_SELF_THREAD, ..)` call. `false` if that did not cover them
-/// all (an older kernel, a filter, or a real failure): the caller then advises each
-/// range with `madvise`, which reports any real error. After a kernel refusal the
-/// batch call is not tried again.
-fn advise_batch(ranges: &[(usize, usize)], advice: libc::c_int) -> bool {
+/// What [`advise_batch`] asks of the kernel.
+#[derive(Clone, Copy)]
+enum Advice {
+    GuardInstall,
+    DontNeed,
+    PopulateWrite,
+}
+
+impl Advice {
+    fn code(self) -> libc::c_int {
+        match self {
+            Advice::GuardInstall => MADV_GUARD_INSTALL,
+            Advice::DontNeed => libc::MADV_DONTNEED,
+            Advice::PopulateWrite => libc::MADV_POPULATE_WRITE,
+        }
+    }
+}
+
+/// Whether `process_madvise` on ourselves works, per [`Advice`]: 0 not tried yet, 1
+/// works, 2 refused by this kernel (then only `madvise` is used for that advice).
+pub(super) static BATCH_STATE: [AtomicU8; 3] = [const { AtomicU8::new(0) }; 3];
+
+/// Applies `advice` to all of `ranges` (at most `MAX_BATCH`, each inside one of our
+/// arenas and referenced by nothing) with one `process_madvise(PIDFD_SELF_THREAD, ..)`
+/// call. `false` if that did not cover them all (an older kernel, a filter, or a real
+/// failure): the caller then advises each range with `madvise`, which reports any real
+/// error. After a kernel refusal the batch call is not tried again for that advice.
+fn advise_batch(ranges: &[(usize, usize)], advice: Advice) -> bool {
+    let state = &BATCH_STATE[advice as usize];
     if ranges.is_empty() {
         return true;
     }
-    if ranges.len() == 1 || BATCH_STATE.load(Ordering::Relaxed) == 2 {
+    if ranges.len() == 1 || state.load(Ordering::Relaxed) == 2 {
         return false; // `madvise` is as cheap for one range
     }
     let mut iov = [libc::iovec {
@@ -168,8 +215,8 @@ fn advise_batch(ranges: &[(usize, usize)], advice: libc::c_int) -> bool {
     }
     // SAFETY: `iov[..n]` is an initialised array of `n` iovecs that outlives the call;
     // the kernel only reads it. Each range is, per our callers, inside one of our
-    // arenas and referenced by nothing, so guarding it or dropping its contents is as
-    // sound as the equivalent `madvise`. `PIDFD_SELF_THREAD` names our own address
+    // arenas and referenced by nothing, so guarding it, dropping its contents or
+    // faulting it in is as sound as the equivalent `madvise`. `PIDFD_SELF_THREAD` names our own address
     // space (no other process is touched), and older kernels reject it with `EBADF`.
     let rc = unsafe {
         libc::syscall(
@@ -177,22 +224,22 @@ fn advise_batch(ranges: &[(usize, usize)], advice: libc::c_int) -> bool {
             PIDFD_SELF_THREAD,
             iov.as_ptr(),
             n,
-            advice,
+            advice.code(),
             0,
         )
     };
     let total: usize = ranges[..n].iter().map(|r| r.1).sum();
     if rc >= 0 && rc as usize == total && n == ranges.len() {
-        BATCH_STATE.store(1, Ordering::Relaxed);
+        state.store(1, Ordering::Relaxed);
         return true;
     }
-    if rc < 0 && BATCH_STATE.load(Ordering::Relaxed) == 0 {
+    if rc < 0 && state.load(Ordering::Relaxed) == 0 {
         let errno = io::Error::last_os_error().raw_os_error();
         if matches!(
             errno,
             Some(libc::ENOSYS | libc::EBADF | libc::EINVAL | libc::EPERM | libc::ESRCH)
         ) {
-            BATCH_STATE.store(2, Ordering::Relaxed);
+            state.store(2, Ordering::Relaxed);
         }
     }
     false
@@ -224,18 +271,21 @@ mod tests {
             }
             "nobatch" => {
                 // Without process_madvise: guards and releases one range at a time.
-                BATCH_STATE.store(2, Ordering::Relaxed);
+                for state in &BATCH_STATE {
+                    state.store(2, Ordering::Relaxed);
+                }
                 pool.set_hot_limit(64);
+                pool.set_inline_jobs();
                 let n = 64 + RELEASE_BATCH;
                 let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
-                let top = stacks[0].base().get() - 1;
-                // SAFETY (test): the top usable byte of an owned stack.
-                unsafe { ptr::write_volatile(top as *mut u8, 1) };
+                let bottom = stacks[0].limit().get() + page_size();
+                // SAFETY (test): the bottom usable byte of an owned stack.
+                unsafe { ptr::write_volatile(bottom as *mut u8, 1) };
                 let guard = stacks[39].limit().get();
                 drop(stacks);
                 // SAFETY (test): a released free slot's usable area, mapped and unused.
-                assert_eq!(unsafe { ptr::read_volatile(top as *const u8) }, 0);
-                assert_eq!(BATCH_STATE.load(Ordering::Relaxed), 2);
+                assert_eq!(unsafe { ptr::read_volatile(bottom as *const u8) }, 0);
+                assert!(BATCH_STATE.iter().all(|s| s.load(Ordering::Relaxed) == 2));
                 // SAFETY (test): deliberately touching a guard page must fault.
                 unsafe { ptr::read_volatile(guard as *const u8) };
             }

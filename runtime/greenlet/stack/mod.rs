@@ -12,7 +12,10 @@
 //! - [`guard`]: guard pages are made with `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+,
 //!   adds no mapping) or, as a fallback, `mprotect(PROT_NONE)` (splits the arena
 //!   mapping), many slots per system call where the kernel allows it;
-//! - [`pool`]: the per-thread [`StackPool`] of size classes, arenas and free lists;
+//! - [`pool`]: the per-thread [`StackPool`] of size classes, arenas, free lists and a
+//!   reserve of ready slots;
+//! - [`service`]: the background thread that prepares slots (guard page, top page
+//!   faulted in) before a pool needs them and gives free slots' memory back;
 //! - [`registry`]: every arena is recorded in a lock-free, process-global registry, so
 //!   that the SIGSEGV/SIGBUS handler of [`overflow`] (installed by
 //!   [`install_overflow_handler`]) can tell a greenlet stack overflow from any other
@@ -24,6 +27,7 @@ mod guard;
 mod overflow;
 mod pool;
 mod registry;
+mod service;
 
 use std::cell::RefCell;
 use std::rc::Rc;

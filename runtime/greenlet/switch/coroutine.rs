@@ -113,27 +113,16 @@ pub(super) fn make_lazy(ti: &Inner) -> Result<Co, Payload> {
 
 /// The coroutine of a greenlet built by `Builder::build_lazy`: it runs `body` if `body`
 /// still exists when it starts (it holds it weakly until then), else returns `()`.
-pub(crate) fn lazy_coroutine(stack: Stack, body: Weak<dyn LazyBody>) -> Co {
+fn lazy_coroutine(stack: Stack, body: Weak<dyn LazyBody>) -> Co {
     new_coroutine(stack, move |v| match body.upgrade() {
         Some(body) => body.run(v),
         None => Ok(Value::unit()),
     })
 }
 
-/// Takes the body of a lazy greenlet that has not got its coroutine yet (see
-/// [`ThreadState::lazy_waiting`](super::thread::ThreadState::lazy_waiting)).
+/// Takes the body of a lazy greenlet that has not got its coroutine yet.
 pub(crate) fn take_lazy(ti: &Inner) -> Option<Weak<dyn LazyBody>> {
-    let body = ti.lazy.take();
-    if body.is_some() {
-        lazy_gone();
-    }
-    body
-}
-
-/// One greenlet fewer waits for its stack (see
-/// [`ThreadState::lazy_waiting`](super::thread::ThreadState::lazy_waiting)).
-pub(crate) fn lazy_gone() {
-    try_with_thread(|t| t.lazy_waiting.set(t.lazy_waiting.get() - 1));
+    ti.lazy.take()
 }
 
 /// The greenlet `ti`'s coroutine has just returned: it is dead; its stack goes back to

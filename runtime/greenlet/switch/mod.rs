@@ -53,7 +53,7 @@ use corosensei::{Coroutine, Yielder};
 
 use super::stack::Stack;
 
-pub(crate) use coroutine::{CoSlot, lazy_coroutine, lazy_gone, new_coroutine, recycle, take_lazy};
+pub(crate) use coroutine::{CoSlot, new_coroutine, recycle, take_lazy};
 pub(crate) use kill::kill_on_drop;
 pub(crate) use mailbox::Payload;
 pub(crate) use router::{send, send_value};

@@ -38,9 +38,6 @@ pub(crate) struct ThreadState {
     pub(crate) default_stack_size: Cell<usize>,
     /// Dead greenlets' `Inner`s kept for reuse.
     pub(crate) spares: RefCell<Spares>,
-    /// Greenlets made by `Builder::build_lazy` that have not got their stack yet. While
-    /// the pool holds more free stacks than that, new ones wait for theirs too.
-    pub(crate) lazy_waiting: Cell<usize>,
     /// Every greenlet record allocated on this thread and not freed yet (pointers from
     /// `Rc::as_ptr`), live, dead or spare: what `dump()` lists greenlets from.
     records: RefCell<slab::Slab<*const Inner>>,
@@ -74,7 +71,6 @@ impl ThreadState {
             pool: RefCell::new(StackPool::new()),
             default_stack_size: Cell::new(stack::DEFAULT_STACK_SIZE),
             spares: RefCell::default(),
-            lazy_waiting: Cell::new(0),
             records: RefCell::default(),
         }
     }
