@@ -9,15 +9,18 @@
 //! (default 1,000,000) that each sleep a random 0-1 s, on greenhub (16 KiB stacks) and on
 //! tokio's `current_thread` runtime, each run in a fresh process of its own (this program
 //! again), the two peers alternating for ROUNDS rounds (default 3). Prints the medians of
-//! the total time, the time to spawn them all, the RSS per sleeper once all are asleep,
-//! and how late the timers woke them, with `BENCH` lines.
+//! the total time, the time to spawn them all and until all have started, the RSS per
+//! sleeper once all are asleep, the page faults per sleeper, and how late the timers woke
+//! them, with `BENCH` lines.
 //!
 //! Stacks are reserved, not committed: each suspended greenlet costs the stack pages it
 //! has touched (one here) plus its bookkeeping, whatever its stack size.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::process::Command;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use greenhub::{Greenlet, getcurrent};
@@ -121,6 +124,8 @@ struct Sleepers {
     total_s: f64,
     /// Spawning them all (before any runs), in s.
     spawn_s: f64,
+    /// From the first spawn until the last sleeper has started (gone to sleep), in s.
+    started_s: f64,
     /// RSS added per sleeper once all are asleep, in KiB.
     rss_per_kib: f64,
     /// Minor page faults per sleeper over the whole run.
@@ -151,8 +156,15 @@ fn sleepers_child(peer: &str, n: usize) {
         other => panic!("unknown peer {other}"),
     };
     println!(
-        "SLEEPERS total={} spawn={} rss={} faults={} p50={} p99={} max={}",
-        r.total_s, r.spawn_s, r.rss_per_kib, r.faults, r.late_ms[0], r.late_ms[1], r.late_ms[2]
+        "SLEEPERS total={} spawn={} started={} rss={} faults={} p50={} p99={} max={}",
+        r.total_s,
+        r.spawn_s,
+        r.started_s,
+        r.rss_per_kib,
+        r.faults,
+        r.late_ms[0],
+        r.late_ms[1],
+        r.late_ms[2]
     );
 }
 
@@ -166,14 +178,18 @@ fn greenhub_sleepers(n: usize) -> Sleepers {
     greenhub::greenlet::set_default_stack_size(16 * 1024);
     greenhub::spawn(|| ()).join().expect("warm-up"); // the hub exists before the clock starts
     let late = Rc::new(RefCell::new(Vec::with_capacity(n)));
+    let started = Rc::new(Cell::new((0, None)));
     let mut seed = 0x2545_F491_4F6C_DD1D_u64;
     let (before, faults) = (rss_kib(), minor_faults());
     let t = Instant::now();
     let hs: Vec<_> = (0..n)
         .map(|_| {
             let d = Duration::from_micros(xorshift(&mut seed) % 1_000_000);
-            let late = late.clone();
+            let (late, started) = (late.clone(), started.clone());
             greenhub::spawn(move || {
+                let (count, at) = started.get();
+                let last = (count + 1 == n).then(Instant::now);
+                started.set((count + 1, at.or(last)));
                 let deadline = Instant::now() + d;
                 greenhub::sleep(d);
                 late.borrow_mut()
@@ -190,9 +206,14 @@ fn greenhub_sleepers(n: usize) -> Sleepers {
     let total_s = t.elapsed().as_secs_f64();
     let faults = minor_faults() - faults;
     let late = late.take();
+    let started_s = started
+        .get()
+        .1
+        .map_or(f64::NAN, |at| (at - t).as_secs_f64());
     Sleepers {
         total_s,
         spawn_s,
+        started_s,
         rss_per_kib: peak.saturating_sub(before) as f64 / n as f64,
         faults: faults as f64 / n as f64,
         late_ms: percentiles_ms(late),
@@ -207,12 +228,17 @@ fn tokio_sleepers(n: usize) -> Sleepers {
     rt.block_on(async {
         tokio::spawn(async {}).await.expect("warm-up");
         let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+        let started = Arc::new((AtomicUsize::new(0), OnceLock::new()));
         let (before, faults) = (rss_kib(), minor_faults());
         let t = Instant::now();
         let hs: Vec<_> = (0..n)
             .map(|_| {
                 let d = Duration::from_micros(xorshift(&mut seed) % 1_000_000);
+                let started = started.clone();
                 tokio::spawn(async move {
+                    if started.0.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        let _ = started.1.set(Instant::now());
+                    }
                     let deadline = tokio::time::Instant::now() + d;
                     tokio::time::sleep(d).await;
                     tokio::time::Instant::now().saturating_duration_since(deadline)
@@ -227,9 +253,14 @@ fn tokio_sleepers(n: usize) -> Sleepers {
             late.push(h.await.expect("a sleeper"));
         }
         let total_s = t.elapsed().as_secs_f64();
+        let started_s = started
+            .1
+            .get()
+            .map_or(f64::NAN, |at| (*at - t).as_secs_f64());
         Sleepers {
             total_s,
             spawn_s,
+            started_s,
             rss_per_kib: peak.saturating_sub(before) as f64 / n as f64,
             faults: (minor_faults() - faults) as f64 / n as f64,
             late_ms: percentiles_ms(late),
@@ -263,6 +294,7 @@ fn sleepers_run(peer: &str, n: usize) -> Option<Sleepers> {
     Some(Sleepers {
         total_s: field("total")?,
         spawn_s: field("spawn")?,
+        started_s: field("started")?,
         rss_per_kib: field("rss")?,
         faults: field("faults")?,
         late_ms: [field("p50")?, field("p99")?, field("max")?],
@@ -305,9 +337,10 @@ fn sleepers(n: usize, rounds: usize) {
         }
     }
     let med = |p: usize, f: fn(&Sleepers) -> f64| median(runs[p].iter().map(f).collect());
-    let figures: [Figure; 7] = [
+    let figures: [Figure; 8] = [
         ("total", |r| r.total_s, "s"),
         ("spawn", |r| r.spawn_s, "s"),
+        ("all_started", |r| r.started_s, "s"),
         ("rss_per_sleeper", |r| r.rss_per_kib, "KiB"),
         ("faults_per_sleeper", |r| r.faults, "faults"),
         ("late_p50", |r| r.late_ms[0], "ms"),

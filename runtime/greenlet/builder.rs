@@ -67,11 +67,9 @@ impl Builder {
     {
         let parent = self.parent.unwrap_or_else(switch::current);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let mut stack = switch::with_thread(|t| {
-            let size = self.stack_size.unwrap_or(t.default_stack_size.get());
-            t.pool.borrow_mut().get(size)
-        })
-        .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
+        let size = self.stack_size.unwrap_or_else(switch::default_stack_size);
+        let mut stack = switch::with_thread(|t| t.pool.borrow_mut().get(size))
+            .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
         let name = self.name.map(String::into_boxed_str);
         stack.set_owner(id, name.as_deref().unwrap_or(""));
         let stack_size = stack.usable_size();
@@ -105,9 +103,7 @@ impl Builder {
         let parent = self.parent.unwrap_or_else(switch::current);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let name = self.name.map(String::into_boxed_str);
-        let size = self
-            .stack_size
-            .unwrap_or_else(|| switch::with_thread(|t| t.default_stack_size.get()));
+        let size = self.stack_size.unwrap_or_else(switch::default_stack_size);
         let stack_size = stack::usable_size_for(size)
             .unwrap_or_else(|e| panic!("greenhub: cannot map a stack for a new greenlet: {e}"));
         Greenlet::from_rc(Spares::alloc(NewInner {

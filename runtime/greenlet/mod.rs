@@ -532,7 +532,7 @@ pub fn getcurrent() -> Greenlet {
 /// [`DEFAULT_STACK_SIZE`] (256 KiB: room for ordinary Rust code in debug builds; stacks
 /// are reserved, not committed, so only the pages a greenlet touches cost memory).
 pub fn set_default_stack_size(bytes: usize) {
-    switch::with_thread(|t| t.default_stack_size.set(bytes.max(MIN_STACK_SIZE)));
+    switch::set_default_stack_size(bytes.max(MIN_STACK_SIZE));
 }
 
 /// Can greenlets still switch on this thread? `false` once its greenlet state is being

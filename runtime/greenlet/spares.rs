@@ -53,7 +53,9 @@ impl Spares {
             inner.stack_size = new.stack_size;
             *inner.parent.get_mut() = Some(new.parent);
             inner.state.set(State::Unstarted);
-            *inner.co.get_mut() = new.co;
+            if let Some(co) = new.co {
+                *inner.co.get_mut() = Some(co); // (a lazy greenlet's has none yet)
+            }
             inner.lazy.set(new.lazy);
             inner.yielder.set(std::ptr::null());
             inner.forced_by.set(std::ptr::null());

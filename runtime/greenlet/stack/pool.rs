@@ -60,9 +60,12 @@ const MAX_ARENA_SLOTS: usize = 65_536;
 
 /// The usable size of the stack [`StackPool::get`] hands out for a request of `size`
 /// bytes: rounded up to whole pages, and to at least [`MIN_STACK_SIZE`].
+#[inline]
 pub(crate) fn usable_size_for(size: usize) -> io::Result<usize> {
+    let mask = page_size() - 1; // a power of two: no division on the spawn path
     size.max(MIN_STACK_SIZE)
-        .checked_next_multiple_of(page_size())
+        .checked_add(mask)
+        .map(|s| s & !mask)
         .filter(|u| *u <= isize::MAX as usize / 2)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "stack size too large"))
 }
@@ -179,7 +182,7 @@ impl StackPool {
     /// Returns a stack to its pool (the same as dropping it). Free stacks keep their
     /// memory until [`trim`](StackPool::trim) finds them unused for a whole interval, or
     /// more than [`HOT_LIMIT`] of a size are free.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn put(&mut self, stack: Stack) {
         drop(stack);
     }

@@ -8,7 +8,7 @@ use corosensei::Coroutine;
 
 use super::mailbox::{Msg, Payload};
 use super::router::{arrive, event_of};
-use super::thread::{hot, traced_origin, try_with_thread, with_thread};
+use super::thread::{hot, traced_origin, with_thread};
 use super::{Co, GreenYielder};
 use crate::error::Error;
 use crate::greenlet::stack::Stack;
@@ -86,16 +86,17 @@ impl CoSlot {
     }
 }
 
-/// Makes the coroutine of the unstarted greenlet `ti`, built by `Builder::build_lazy`:
-/// takes a stack from the pool for it. If none can be mapped, `ti` dies without running
-/// and `Err` carries what goes to its parent.
+/// Gives the unstarted greenlet `ti`, built by `Builder::build_lazy`, its coroutine: takes
+/// a stack from the pool for it. If none can be mapped, `ti` dies without running and
+/// `Err` carries what goes to its parent.
 #[inline(never)]
-pub(super) fn make_lazy(ti: &Inner) -> Result<Co, Payload> {
+pub(super) fn make_lazy(ti: &Inner) -> Result<(), Payload> {
     let body = take_lazy(ti).expect("a live greenlet owns its coroutine");
     match with_thread(|t| t.pool.borrow_mut().get(ti.stack_size)) {
         Ok(mut stack) => {
             stack.set_owner(ti.id, ti.name.as_deref().unwrap_or(""));
-            Ok(lazy_coroutine(stack, body))
+            ti.co.put(ti.state.get(), lazy_coroutine(stack, body));
+            Ok(())
         }
         Err(e) => {
             ti.state.set(State::Dead);
@@ -134,22 +135,11 @@ pub(super) fn finished(ti: &Inner) {
     recycle(co);
 }
 
-/// Gives a finished (or never-started) coroutine's stack back to the thread's pool.
+/// Gives a finished (or never-started) coroutine's stack back to its pool.
 #[inline]
 pub(crate) fn recycle(mut co: Co) {
     co.force_unwind(); // no-op when finished; drops the closure when never started
-    let stack = co.into_stack();
-    if let Some(Err(stack)) = try_with_thread(|t| match t.pool.try_borrow_mut() {
-        Ok(mut pool) => {
-            pool.put(stack);
-            Ok(())
-        }
-        Err(_) => Err(stack),
-    }) {
-        // The pool is busy (cannot happen today) or gone: leak the slot rather than free it
-        // under someone's feet.
-        std::mem::forget(stack);
-    }
+    drop(co.into_stack()); // a `Stack` goes back to its pool when dropped
 }
 
 /// Builds the coroutine that runs `f` for the greenlet behind `Inner`.

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 
 use crate::error::Error;
-use crate::greenlet::{Greenlet, Inner, TraceEvent, Value, probe};
+use crate::greenlet::{DEFAULT_STACK_SIZE, Greenlet, Inner, TraceEvent, Value, probe};
 
 /// What travels with a switch.
 pub(crate) enum Payload {
@@ -135,6 +135,8 @@ pub(crate) struct Hot {
     /// The switch counter of a thread without a monitor probe (so that the switch path
     /// needs no branch to skip the probe).
     pub(super) own_switches: AtomicU64,
+    /// The stack size of greenlets made on this thread without an explicit one.
+    pub(super) default_stack_size: Cell<usize>,
     /// Mailbox: the target's address, with `SLOW_TAG` or `BOXED_TAG` (see above).
     pub(super) to: Cell<usize>,
     /// Mailbox: `OWNS_TO | HAS_ORIGIN | EVENT_THROW | BOXED | KIND_*`, if `SLOW_TAG`.
@@ -155,6 +157,7 @@ impl Hot {
             slow: Cell::new(NO_STATE),
             switches: Cell::new(ptr::null()),
             own_switches: AtomicU64::new(0),
+            default_stack_size: Cell::new(DEFAULT_STACK_SIZE),
             to: Cell::new(0),
             flags: Cell::new(0),
             origin: Cell::new(ptr::null()),

@@ -58,8 +58,9 @@ pub(crate) use kill::kill_on_drop;
 pub(crate) use mailbox::Payload;
 pub(crate) use router::{send, send_value};
 pub(crate) use thread::{
-    current, is_forced_unwind, live_greenlets, register, set_trace_on, signal_safe_identity,
-    try_with_thread, unregister, with_thread,
+    current, default_stack_size, is_forced_unwind, live_greenlets, register,
+    set_default_stack_size, set_trace_on, signal_safe_identity, try_with_thread, unregister,
+    with_thread,
 };
 #[cfg(doc)]
 use {

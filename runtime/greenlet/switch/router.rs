@@ -144,10 +144,7 @@ fn fast_start(h: &Hot, me: *const Inner, tp: *const Inner, value: Value) -> Resu
         return fast_resume(h, me, tp, value);
     }
     match make_lazy(ti) {
-        Ok(co) => {
-            ti.co.put(ti.state.get(), co);
-            fast_resume(h, me, tp, value)
-        }
+        Ok(()) => fast_resume(h, me, tp, value),
         Err(death) => {
             drop(value); // never delivered: it died without running
             let parent = ti.live_parent();
@@ -251,7 +248,7 @@ pub(super) fn transfer(h: &Hot, me: *const Inner, mut msg: Msg) -> Payload {
             State::Unstarted if matches!(msg.payload, Payload::Value(_)) => {
                 if !target.co.is_some(target.state.get()) {
                     match make_lazy(target) {
-                        Ok(co) => target.co.put(target.state.get(), co),
+                        Ok(()) => {}
                         Err(death) => {
                             // It died without running: its result goes to its parent.
                             msg.retarget(target.live_parent());

@@ -3,7 +3,7 @@
 //! [`ThreadState`] (the main greenlet, the stack pool, the spare greenlet records and the
 //! registry of every record).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ptr;
 use std::rc::Rc;
 
@@ -25,6 +25,17 @@ pub(super) fn hot() -> &'static Hot {
     HOT.with(|h| unsafe { &*(h as *const Hot) })
 }
 
+/// The stack size of greenlets created on this thread without an explicit one.
+#[inline]
+pub(crate) fn default_stack_size() -> usize {
+    hot().default_stack_size.get()
+}
+
+/// Sets it (see `greenlet::set_default_stack_size`).
+pub(crate) fn set_default_stack_size(bytes: usize) {
+    hot().default_stack_size.set(bytes);
+}
+
 /// Turns trace-hook delivery on or off for this thread (see `trace`).
 #[inline]
 pub(crate) fn set_trace_on(on: bool) {
@@ -35,7 +46,6 @@ pub(crate) fn set_trace_on(on: bool) {
 pub(crate) struct ThreadState {
     pub(crate) main: Greenlet,
     pub(crate) pool: RefCell<StackPool>,
-    pub(crate) default_stack_size: Cell<usize>,
     /// Dead greenlets' `Inner`s kept for reuse.
     pub(crate) spares: RefCell<Spares>,
     /// Every greenlet record allocated on this thread and not freed yet (pointers from
@@ -69,7 +79,6 @@ impl ThreadState {
         ThreadState {
             main,
             pool: RefCell::new(StackPool::new()),
-            default_stack_size: Cell::new(stack::DEFAULT_STACK_SIZE),
             spares: RefCell::default(),
             records: RefCell::default(),
         }
