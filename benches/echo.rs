@@ -1,4 +1,4 @@
-//! Echo round trips (issue 5): 1, 100, 1,000 and 10,000 concurrent connections, 64-byte
+//! Echo round trips: 1, 100, 1,000 and 10,000 concurrent connections, 64-byte
 //! and 4 KiB messages, against four servers in the same run — greenhub (one hub),
 //! tokio `current_thread`, may with one worker and std thread-per-connection, each
 //! reading up to 4 KiB and writing it back (`examples/support/peers.rs`) — all driven by

@@ -42,9 +42,11 @@ pub mod time;
 
 pub use error::{Error, PanicPayload};
 pub use greenlet::{
-    Builder, Greenlet, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
+    Greenlet, GreenletBuilder, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
 };
-pub use hub::{HubHandle, JoinHandle, cooperate, dump, joinall, killall, spawn, spawn_later};
+pub use hub::{
+    HubHandle, JoinHandle, SpawnBuilder, cooperate, dump, joinall, killall, spawn, spawn_later,
+};
 pub use pool::{Group, Pool};
 pub use sync::{
     AsyncResult, BoundedSemaphore, Channel, Event, JoinableQueue, LifoQueue, Local, Lock,

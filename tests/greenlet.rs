@@ -78,7 +78,7 @@ fn switch_to_self_returns_the_value() {
 }
 
 #[test]
-fn red_blue_order_of_the_seed() {
+fn red_blue_runs_red_then_blue_then_red_done() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let (l1, l2) = (log.clone(), log.clone());
     let blue = Greenlet::new(move |red: Value| {

@@ -41,7 +41,7 @@ fn spawned_greenlets_run_concurrently_and_join_returns_results() {
 
 #[test]
 fn spawned_greenlet_has_the_hub_as_parent_and_a_name() {
-    let h = hub::Builder::new().name("named").spawn(|| {
+    let h = hub::SpawnBuilder::new().name("named").spawn(|| {
         let me = getcurrent();
         (
             me.name().map(String::from),

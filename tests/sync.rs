@@ -174,7 +174,7 @@ fn queue_is_fifo_and_unbounded_put_never_waits() {
 }
 
 #[test]
-fn lifo_and_priority_orders() {
+fn lifo_queue_gives_newest_first_and_priority_queue_smallest_first() {
     let q = LifoQueue::new();
     for i in [1, 2, 3] {
         q.put(i).unwrap();
@@ -515,7 +515,7 @@ fn channel_is_fifo_on_both_sides_and_skips_killed_waiters() {
 }
 
 #[test]
-fn channel_close() {
+fn closing_a_channel_ends_its_getters_and_gives_waiting_putters_their_items_back() {
     let ch = Channel::new();
     let (tx, rx) = (ch.clone(), ch.clone());
     let putter = spawn(move || tx.put("offered"));
@@ -830,10 +830,10 @@ fn local_values_of_plain_greenlets_are_swept_and_dropping_the_local_drops_all() 
     parked.kill();
 }
 
-// ---------------------------------------------------------------- the seed example
+// ---------------------------------------------------------------- the ported Python example
 
 #[test]
-fn producer_consumer_example_prints_what_seed_003_prints() {
+fn producer_consumer_example_puts_gets_and_consumes_on_the_pythons_schedule() {
     let out = common::run_example("producer_consumer", &[], Duration::from_secs(30));
     assert!(out.status.success());
     let out = String::from_utf8(out.stdout).unwrap();

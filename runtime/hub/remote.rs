@@ -110,7 +110,7 @@ impl Remote {
             self.taken();
             match msg {
                 RemoteMsg::Spawn(job) => {
-                    super::spawn::Builder::new()
+                    super::spawn::SpawnBuilder::new()
                         .name("remote")
                         .spawn_on(hub, job);
                 }

@@ -253,7 +253,7 @@ impl StreamServer {
             None => "StreamServer".to_string(),
         };
         let me = inner.clone();
-        let h = hub::Builder::new()
+        let h = hub::SpawnBuilder::new()
             .name(name)
             .spawn(move || accept_loop(&me, &listener));
         *inner.accept_loop.borrow_mut() = Some(h);
@@ -523,7 +523,7 @@ fn spawn_handler(inner: &Rc<Inner>, stream: TcpStream, peer: SocketAddr) {
         key,
     };
     let handler = inner.handler.clone();
-    let h = hub::Builder::new()
+    let h = hub::SpawnBuilder::new()
         .name(format!("connection from {peer}"))
         .spawn(move || {
             let _guard = guard;

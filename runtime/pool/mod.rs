@@ -376,7 +376,11 @@ struct Feed<T> {
 impl<T: 'static> Feed<T> {
     fn next(&mut self) -> Option<Result<T, Error>> {
         if let Some(start) = self.start.take() {
-            self.feeder = Some(crate::hub::Builder::new().name("imap feeder").spawn(start));
+            self.feeder = Some(
+                crate::hub::SpawnBuilder::new()
+                    .name("imap feeder")
+                    .spawn(start),
+            );
         }
         let st = &*self.state;
         loop {

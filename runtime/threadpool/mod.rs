@@ -2,7 +2,7 @@
 //!
 //! Some work cannot be made cooperative: `getaddrinfo`, file I/O, a long computation.
 //! [`spawn_blocking`] runs it on a pool thread while the calling greenlet waits and the
-//! other greenlets keep running (law 2: the hub is the only place a thread blocks).
+//! other greenlets keep running (the hub is the only place a thread blocks).
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
