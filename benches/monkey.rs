@@ -241,7 +241,7 @@ fn pipe_round_trips(rounds: usize) -> PipeCost {
         }
         t.elapsed().as_secs_f64() * 1e9 / PIPE_ITERS as f64
     };
-    // SAFETY (each closure): `buf` points at `byte`, one byte that lives for the whole
+    // SAFETY: (each closure) `buf` points at `byte`, one byte that lives for the whole
     // function; `r` and `w` are the pipe's ends, open until the end of the function; the
     // pipe holds at most one byte at a time, so no call blocks.
     let mut hooked = || unsafe {

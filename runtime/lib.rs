@@ -28,6 +28,14 @@
 //! `monkey` feature: unmodified blocking code becomes cooperative) <- [`pool`] (`Group`,
 //! `Pool`).
 
+#![deny(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod error;
 pub mod greenlet;
 pub mod hub;

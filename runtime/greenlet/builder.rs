@@ -12,7 +12,7 @@ use super::{Greenlet, LazyBody, NEXT_ID, Value};
 use crate::error::Error;
 
 /// Configures a greenlet before creating it: name, stack size, parent.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct GreenletBuilder {
     name: Option<String>,
     stack_size: Option<usize>,

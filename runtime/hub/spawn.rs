@@ -104,7 +104,7 @@ impl<T, S: ?Sized> Completion<T, S> {
 /// assert_eq!(h.name(), Some("worker"));
 /// assert_eq!(h.join().unwrap(), 2);
 /// ```
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct SpawnBuilder {
     /// The greenlet's settings; `create` adds the hub as the parent.
     greenlet: greenlet::GreenletBuilder,

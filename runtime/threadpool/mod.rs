@@ -47,6 +47,19 @@ fn default_size() -> usize {
         .unwrap_or(10)
 }
 
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("ThreadPool")
+            .field("name", &self.shared.name)
+            .field("max_threads", &self.shared.max_threads)
+            .field("threads", &state.threads)
+            .field("idle", &state.idle)
+            .field("queued", &state.queue.len())
+            .finish()
+    }
+}
+
 impl ThreadPool {
     /// A pool of at most `max_threads` threads named `greenhub-pool-<n>`.
     ///
