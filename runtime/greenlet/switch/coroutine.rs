@@ -84,8 +84,9 @@ pub(crate) fn recycle(mut co: Co) {
         }
         Err(_) => Err(stack),
     }) {
-        // The pool is busy (cannot happen today) or gone: leak the slot rather than free it
-        // under someone's feet.
+        // The pool is borrowed (cannot happen today): leak the slot rather than free it
+        // under someone's feet. (When the thread's state is gone the closure is never
+        // called and drops `stack`, whose own `Drop` gives the slot back to its pool.)
         std::mem::forget(stack);
     }
 }
