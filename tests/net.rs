@@ -1241,7 +1241,7 @@ fn accept_pause_child() {
 
 #[test]
 fn accept_pauses_cooperatively_before_returning_emfile() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "accept_pause_child",
@@ -1253,15 +1253,7 @@ fn accept_pauses_cooperatively_before_returning_emfile() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child did not finish in 60 s");
-        }
-        std::thread::sleep(10 * MS);
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_within(child, "the child", Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -1720,20 +1712,7 @@ fn curl_keeps_its_connection_to_http_hello_alive_and_speaks_http_1_0() {
 
 #[test]
 fn download_all_example_prints_three_times() {
-    let mut child = Command::new(example("download_all"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("download_all did not finish in 60 s");
-        }
-        std::thread::sleep(10 * MS);
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_example("download_all", &[], Duration::from_secs(60));
     assert!(
         out.status.success(),
         "{}",

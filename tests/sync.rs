@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::DropFlag;
 use greenhub::sync::{
     AsyncResult, BoundedSemaphore, Channel, Event, GetError, JoinableQueue, LifoQueue, Local, Lock,
     LockError, PriorityQueue, PutError, Queue, RLock, Semaphore,
@@ -14,13 +15,6 @@ use greenhub::sync::{
 use greenhub::{Error, Greenlet, JoinHandle, Timeout, joinall, sleep, spawn, with_timeout};
 
 const MS: Duration = Duration::from_millis(1);
-
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
 
 /// Lets every ready greenlet run until they are all parked again.
 fn settle() {

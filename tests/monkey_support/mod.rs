@@ -44,6 +44,7 @@ fn run_queue_wait() -> Duration {
 /// A greenlet that sleeps [`TICK`] in a loop and records how late each wake-up is.
 pub struct Ticker {
     stop: Rc<Cell<bool>>,
+    count: Rc<Cell<u32>>,
     handle: JoinHandle<Ticks>,
 }
 
@@ -51,7 +52,8 @@ impl Ticker {
     /// Spawns the ticker on this thread's hub.
     pub fn start() -> Ticker {
         let stop = Rc::new(Cell::new(false));
-        let flag = stop.clone();
+        let count = Rc::new(Cell::new(0));
+        let (flag, counted) = (stop.clone(), count.clone());
         let handle = greenhub::spawn(move || {
             let mut ticks = Ticks {
                 count: 0,
@@ -66,10 +68,25 @@ impl Ticker {
                 ticks.worst_late_wall = ticks.worst_late_wall.max(late);
                 ticks.worst_late = ticks.worst_late.max(late.saturating_sub(starved));
                 ticks.count += 1;
+                counted.set(ticks.count);
             }
             ticks
         });
-        Ticker { stop, handle }
+        Ticker {
+            stop,
+            count,
+            handle,
+        }
+    }
+
+    /// Ticks completed so far.
+    pub fn count(&self) -> u32 {
+        self.count.get()
+    }
+
+    /// The count of ticks completed, shared: it goes on counting while the ticker runs.
+    pub fn counter(&self) -> Rc<Cell<u32>> {
+        self.count.clone()
     }
 
     /// Stops the ticker and returns what it saw.
