@@ -261,7 +261,8 @@ macro_rules! feed_iterators {
     )*};
 }
 
-/// The iterator of [`Group::imap`] / [`Pool::imap`]: one result per item, in input order.
+/// The iterator of [`Group::imap`](super::Group::imap) / [`Pool::imap`](super::Pool::imap):
+/// one result per item, in input order.
 ///
 /// Lazy: nothing is spawned until the first `next`. Then a feeder greenlet spawns jobs
 /// (waiting while the pool is full) as long as fewer than `max_held` results are running
@@ -272,8 +273,9 @@ pub struct Imap<T: 'static> {
     pub(super) feed: Feed<T>,
 }
 
-/// The iterator of [`Group::imap_unordered`] / [`Pool::imap_unordered`]: one result per
-/// item, in the order the jobs finish. Otherwise as [`Imap`].
+/// The iterator of [`Group::imap_unordered`](super::Group::imap_unordered) /
+/// [`Pool::imap_unordered`](super::Pool::imap_unordered): one result per item, in the
+/// order the jobs finish. Otherwise as [`Imap`].
 pub struct ImapUnordered<T: 'static> {
     pub(super) feed: Feed<T>,
 }
