@@ -1229,7 +1229,7 @@ fn a_killed_greenlet_that_retries_a_hooked_call_does_not_spin() {
         "the kill failed one accept, then it blocked again"
     );
     let ticks = ticker.stop().count;
-    assert!(ticks >= 5, "the hub kept running ({ticks} ticks)");
+    assert!(ticks >= 2, "the hub kept running ({ticks} ticks)");
     // It still serves, and ends when told to.
     stop.set(true);
     drop(TcpStream::connect(addr).unwrap());
