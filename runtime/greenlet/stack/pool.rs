@@ -627,7 +627,7 @@ mod tests {
     fn resident(addr: usize) -> bool {
         let page = addr & !(page_size() - 1);
         let mut vec = 0_u8;
-        // SAFETY (test): `page` is page-aligned and mapped (one of our arenas); mincore
+        // SAFETY: `page` is page-aligned and mapped (one of our arenas); mincore
         // writes one byte for one page into `vec`.
         let rc = unsafe { libc::mincore(page as *mut _, page_size(), &mut vec) };
         assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
@@ -636,7 +636,7 @@ mod tests {
 
     /// Writes a byte to the top and to the bottom usable page of `s`.
     fn touch(s: &Stack) {
-        // SAFETY (test): the top and bottom usable bytes of an owned stack.
+        // SAFETY: the top and bottom usable bytes of an owned stack.
         unsafe {
             ptr::write_volatile((s.base().get() - 1) as *mut u8, 1);
             ptr::write_volatile((s.limit().get() + page_size()) as *mut u8, 1);

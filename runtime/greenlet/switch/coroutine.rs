@@ -86,7 +86,7 @@ impl CoSlot {
     }
 }
 
-/// Gives the unstarted greenlet `ti`, built by `Builder::build_lazy`, its coroutine: takes
+/// Gives the unstarted greenlet `ti`, built by `GreenletBuilder::build_lazy`, its coroutine: takes
 /// a stack from the pool for it. If none can be mapped, `ti` dies without running and
 /// `Err` carries what goes to its parent.
 #[inline(never)]
@@ -112,7 +112,7 @@ pub(super) fn make_lazy(ti: &Inner) -> Result<(), Payload> {
     }
 }
 
-/// The coroutine of a greenlet built by `Builder::build_lazy`: it runs `body` if `body`
+/// The coroutine of a greenlet built by `GreenletBuilder::build_lazy`: it runs `body` if `body`
 /// still exists when it starts (it holds it weakly until then), else returns `()`.
 fn lazy_coroutine(stack: Stack, body: Weak<dyn LazyBody>) -> Co {
     new_coroutine(stack, move |v| match body.upgrade() {
