@@ -31,6 +31,7 @@
 mod altstack;
 mod capture;
 mod report;
+mod unwind;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -194,10 +195,16 @@ struct Watch {
     preempt_asked: bool,
     /// CPU time of the thread when the episode was half the threshold old.
     cpu_mark: Option<(Instant, u64)>,
+    /// Captures tried in this episode (one that lands in a stack switch is tried again).
+    tries: u32,
 }
+
+/// How many captures an episode's report waits for before it goes out without a stack.
+const CAPTURE_TRIES: u32 = 3;
 
 fn watch() {
     let mut symbolizer_warm = false;
+    let mut unwinder = unwind::Unwinder::new();
     let mut watches: Vec<Watch> = Vec::new();
     let mut generation = u64::MAX;
     let mut config = Config::default();
@@ -224,6 +231,7 @@ fn watch() {
                 w.since = now;
                 w.preempt_asked = false;
                 w.cpu_mark = None;
+                w.tries = 0;
                 continue;
             }
             let ran = now - w.since;
@@ -248,9 +256,18 @@ fn watch() {
                 && delayed.total() > 0
                 && !starved_by_the_os(w, now)
             {
-                let episode = report::Episode::capture(&w.probe, w.since, now, delayed);
-                report::deliver(&config, &episode.report);
-                w.reported = Some(episode);
+                w.tries += 1;
+                if let Some(episode) = report::Episode::capture(
+                    &w.probe,
+                    w.since,
+                    now,
+                    delayed,
+                    &mut unwinder,
+                    w.tries >= CAPTURE_TRIES,
+                ) {
+                    report::deliver(&config, &episode.report);
+                    w.reported = Some(episode);
+                }
             }
         }
         if warm_up {
@@ -313,6 +330,7 @@ fn refresh(watches: &mut Vec<Watch>, now: Instant) {
                 reported: None,
                 preempt_asked: false,
                 cpu_mark: None,
+                tries: 0,
             });
         }
     }
