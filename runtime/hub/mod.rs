@@ -158,7 +158,6 @@ impl Hub {
         }
         crate::monitor::start();
         raw::note_hub_thread();
-        crate::monitor::prepare_thread();
         Rc::new(Hub {
             greenlet,
             main,

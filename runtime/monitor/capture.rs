@@ -488,7 +488,6 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let stopped = stop.clone();
         let switcher = std::thread::spawn(move || {
-            crate::monitor::prepare_thread();
             let main = getcurrent();
             let g = Greenlet::new(move |_| -> Result<(), crate::Error> {
                 loop {

@@ -28,7 +28,6 @@
 //! This layer sits below the hub (it needs only the greenlet probe), so that the hub can
 //! start it when the first hub is created.
 
-mod altstack;
 mod capture;
 mod report;
 mod unwind;
@@ -178,12 +177,6 @@ pub(crate) fn start() {
     if let Err(e) = spawned {
         eprintln!("greenhub: cannot start the monitor thread: {e}");
     }
-}
-
-/// Prepares the calling hub thread for the monitor's signal: gives it greenhub's own
-/// alternate signal stack (see `altstack`). The hub calls this when it is created.
-pub(crate) fn prepare_thread() {
-    altstack::ensure();
 }
 
 /// What the watchdog remembers about one thread.
