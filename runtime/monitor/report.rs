@@ -203,9 +203,10 @@ pub(crate) struct Episode {
 }
 
 impl Episode {
-    /// Captures the blocked thread's stack and makes the report. `None` when the capture
-    /// landed in the middle of a stack switch (the thread is switching: its block is
-    /// ending), unless `last_try`: then the report goes out without a stack.
+    /// Captures the blocked thread's stack and makes the report, without its frames (the
+    /// reporting thread symbolizes the captured stack, returned beside it). `None` when
+    /// the capture landed in the middle of a stack switch (the thread is switching: its
+    /// block is ending), unless `last_try`: then the report goes out without a stack.
     pub(crate) fn capture(
         probe: &Arc<Probe>,
         since: Instant,
@@ -213,7 +214,7 @@ impl Episode {
         delayed: Delayed,
         unwinder: &mut Unwinder,
         last_try: bool,
-    ) -> Option<Episode> {
+    ) -> Option<(Episode, Vec<usize>)> {
         let (activity, captured) = capture::capture(probe, Duration::from_millis(50), unwinder);
         if captured.as_ref().is_some_and(|c| c.in_switch) && !last_try {
             return None;
@@ -231,6 +232,7 @@ impl Episode {
             interrupted_syscall: false,
             finished: false,
         };
+        let mut stack = Vec::new();
         match captured {
             Some(Captured {
                 ips,
@@ -243,8 +245,8 @@ impl Episode {
                 report.greenlet_id = greenlet_id;
                 report.greenlet_name = name;
                 report.spawned_at = spawned_at.map(|l| l.to_string());
-                (report.stack, report.frames_hidden) = user_frames(symbolize(&ips));
                 report.interrupted_syscall = interrupted_syscall;
+                stack = ips;
             }
             // Not signalled (in a system call) or no answer: the greenlet the hub switched
             // into, if it is still the one running.
@@ -256,7 +258,7 @@ impl Episode {
                 }
             }
         }
-        Some(Episode { report, since })
+        Some((Episode { report, since }, stack))
     }
 
     pub(crate) fn closing(&self, now: Instant) -> BlockReport {
