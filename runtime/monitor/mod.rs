@@ -10,9 +10,10 @@
 //! timer that is due, a greenlet waiting on I/O or on another thread — the monitor reports
 //! it. (A program that runs on its main greenlet with nobody waiting, a long computation
 //! or a `std::thread::sleep`, is not blocking anyone and is not reported.) If the thread is
-//! on a CPU, the monitor sends it a signal; the handler records the return addresses of
-//! the running stack and the running greenlet's id and name into a preallocated buffer,
-//! and the monitor symbolizes them on its own thread and keeps the user's frames. A thread
+//! on a CPU, the monitor sends it a signal; the handler records the interrupted registers
+//! and the running greenlet's id and name into a preallocated slot and holds the thread
+//! while the monitor walks its stack (see `capture`); the reporting thread
+//! (`greenhub-report`) symbolizes the return addresses and keeps the user's frames. A thread
 //! in a system call is not signalled (that would make the call fail with `EINTR`): its
 //! report names the greenlet the hub switched into and the call, without a stack. One
 //! report per blocking episode, and a closing line with the measured total when the
@@ -24,6 +25,11 @@
 //! The monitor also drives time slices: when a greenlet has run `time_slice` (default
 //! 10 ms) without switching, it asks the thread to yield at the next
 //! [`cooperate()`](crate::cooperate).
+//!
+//! The monitor thread sleeps while no hub needs a look (every hub idle in `epoll_wait`, or
+//! running with nobody waiting until its time slice ends or its next timer is due); the
+//! hubs wake it through the probe's doorbell when that changes. An idle process wakes it
+//! not at all; with both reports and time slices off no monitor thread starts.
 //!
 //! This layer sits below the hub (it needs only the greenlet probe), so that the hub can
 //! start it when the first hub is created.
