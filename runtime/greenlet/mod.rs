@@ -458,6 +458,13 @@ impl Greenlet {
         self.inner.is_main
     }
 
+    /// Is this the running greenlet? (`getcurrent() == *self` without making a handle:
+    /// one load; exactly one greenlet of a thread is running at a time.)
+    #[inline]
+    pub(crate) fn is_running(&self) -> bool {
+        self.inner.state.get() == State::Running
+    }
+
     /// Where it is in its life, in words (for `dump()`).
     pub(crate) fn state_name(&self) -> &'static str {
         match self.inner.state.get() {

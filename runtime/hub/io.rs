@@ -76,7 +76,7 @@ impl IoTable {
             // is dropped while the table is borrowed.
             for wait in &slot.raw {
                 if (wait.read && r) || (wait.write && w) {
-                    wait.waiter.wake(Wake::Io);
+                    wait.waiter.wake_listed(Wake::Io);
                 }
             }
         }

@@ -40,8 +40,8 @@ pub use spawn::{Builder, JoinHandle, joinall, killall, spawn, spawn_later};
 pub(crate) use task::{Scope, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
-/// How often the hub gives back the memory of stacks nobody reused.
-const STACK_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the hub gives back the memory of stacks nobody reused, in ns.
+const STACK_TRIM_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// The mio token of the cross-thread waker.
 const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -62,15 +62,19 @@ pub(crate) struct Hub {
     /// This thread's monitor probe (none when the monitor is off).
     probe: Option<Arc<crate::greenlet::probe::Probe>>,
     external: remote::ExternalWaits,
-    /// The spawned task the hub last switched into.
+    /// The task the hub has switched into and not yet got back from (moved here from the
+    /// ready queue: no handle is made for it).
     running: RefCell<Option<Rc<Task>>>,
-    /// Tasks for greenlets the hub did not spawn (the main greenlet, plain greenlets).
+    /// The main greenlet's task, once it has blocked on the hub.
+    main_task: RefCell<Option<Rc<Task>>>,
+    /// Tasks for plain greenlets (not spawned on the hub, not the main greenlet).
     others: RefCell<HashMap<u64, Rc<Task>>>,
     /// Every task made on this hub, for `dump()` (pruned of dead ones as it grows).
     all_tasks: RefCell<slab::Slab<std::rc::Weak<Task>>>,
     next_seq: Cell<u64>,
-    /// When to next give back the memory of stacks left unused (see `StackPool::trim`).
-    next_trim: Cell<Instant>,
+    /// When to next give back the memory of stacks left unused (see `StackPool::trim`),
+    /// in [`coarse_now`] time: checked after every poll, so it must be cheap to read.
+    next_trim: Cell<u64>,
     /// Bumped whenever a greenlet the hub ran has died (its stack went back to the pool).
     deaths: Cell<u64>,
     /// `deaths` at the last trim.
@@ -172,10 +176,11 @@ impl Hub {
             probe,
             external: remote::ExternalWaits::default(),
             running: RefCell::new(None),
+            main_task: RefCell::new(None),
             others: RefCell::new(HashMap::new()),
             all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
-            next_trim: Cell::new(Instant::now() + STACK_TRIM_INTERVAL),
+            next_trim: Cell::new(coarse_now() + STACK_TRIM_INTERVAL_NS),
             deaths: Cell::new(0),
             deaths_at_trim: Cell::new(0),
             trim_again: Cell::new(false),
@@ -234,6 +239,7 @@ impl Hub {
             Timers::new(),
         ));
         drop(self.running.take());
+        drop(self.main_task.take());
         drop(self.others.take());
         self.external.clear();
     }
@@ -244,13 +250,32 @@ impl Hub {
     }
 
     /// The task of the running greenlet.
+    ///
+    /// For the greenlet the hub switched into, or the main greenlet, this is one load and
+    /// a compare (no handle to the running greenlet is made, nothing is looked up).
+    #[inline]
     pub(crate) fn current_task(&self) -> Rc<Task> {
-        let me = getcurrent();
         if let Some(t) = self.running.borrow().as_ref()
-            && t.greenlet == me
+            && t.greenlet.is_running()
         {
             return t.clone();
         }
+        self.current_task_slow()
+    }
+
+    /// [`current_task`](Hub::current_task) for the main greenlet and plain greenlets.
+    #[inline(never)]
+    fn current_task_slow(&self) -> Rc<Task> {
+        if self.main.is_running() {
+            let mut main_task = self.main_task.borrow_mut();
+            let task = main_task.get_or_insert_with(|| {
+                let task: Rc<Task> = Rc::new(Task::new(self.main.clone(), ()));
+                self.track(&task);
+                task
+            });
+            return task.clone();
+        }
+        let me = getcurrent();
         assert!(
             me != self.greenlet,
             "greenhub: the hub greenlet cannot block"
@@ -461,54 +486,75 @@ impl Hub {
         }
     }
 
-    /// Runs each greenlet that is ready now once: first those woken (by I/O, timers,
-    /// other greenlets), then those that yielded; greenlets made ready meanwhile wait for
-    /// the next round, after I/O has been polled and timers fired. A round that has run
-    /// for `ROUND_BUDGET_NS` ends early (the rest keep their places), so that a timer or
-    /// socket never waits behind more than one time slice of cooperating CPU hogs. (Time
-    /// here is [`coarse_now`]'s: the budget is kept to within one scheduler tick.)
+    /// Runs one round of ready greenlets: first every greenlet that was woken (by I/O,
+    /// timers, other greenlets) before the round began, then every one that yielded
+    /// before it began, each once and in order; then, up to `ROUND_RUNS` runs in all,
+    /// greenlets made ready during the round (woken ones first), so that a greenlet woken
+    /// by one that then parks runs next without a trip through the poller. I/O is then
+    /// polled and timers fired before the next round: a socket or a timer never waits
+    /// behind more than one round, and a round makes at most `ROUND_RUNS` runs beyond
+    /// those it began with (tokio's event interval is 61 too). A round that has run for
+    /// `ROUND_BUDGET_NS` ends early (the rest keep their places), so that a timer or socket
+    /// never waits behind more than one time slice of cooperating CPU hogs. (Time here is
+    /// [`coarse_now`]'s: the budget is kept to within one scheduler tick.)
     fn run_ready(&self) {
         const ROUND_BUDGET_NS: u64 = 2_000_000;
+        const ROUND_RUNS: usize = 61;
         let round_start = coarse_now();
         let mut now = round_start;
-        let woken = self.ready.borrow().len();
-        let yielded = self.yielded.borrow().len();
-        let queues = [(&self.ready, woken), (&self.yielded, yielded)];
-        for (queue, n) in queues {
-            for _ in 0..n {
-                let Some(task) = queue.borrow_mut().pop_front() else {
-                    break;
-                };
-                now = self.run_task(&task, now);
-                if now.saturating_sub(round_start) >= ROUND_BUDGET_NS || self.stopping.get() {
-                    return;
-                }
+        let mut woken = self.ready.borrow().len();
+        let mut yielded = self.yielded.borrow().len();
+        let mut runs = 0;
+        loop {
+            let task = if woken > 0 {
+                woken -= 1;
+                self.ready.borrow_mut().pop_front()
+            } else if yielded > 0 {
+                yielded -= 1;
+                self.yielded.borrow_mut().pop_front()
+            } else if runs < ROUND_RUNS {
+                let next = self.ready.borrow_mut().pop_front();
+                next.or_else(|| self.yielded.borrow_mut().pop_front())
+            } else {
+                return;
+            };
+            let Some(task) = task else {
+                return;
+            };
+            now = self.run_task(task, now);
+            runs += 1;
+            if now.saturating_sub(round_start) >= ROUND_BUDGET_NS || self.stopping.get() {
+                return;
             }
         }
     }
 
     /// Switches into `task` (at `started`, a [`coarse_now`]) until it switches back;
     /// returns when that was.
-    fn run_task(&self, task: &Rc<Task>, started: u64) -> u64 {
+    #[inline]
+    fn run_task(&self, task: Rc<Task>, started: u64) -> u64 {
         if task.greenlet.is_dead() {
             return started;
         }
         if let Some(p) = &self.probe {
-            self.publish(p, task);
+            self.publish(p, &task);
         }
-        *self.running.borrow_mut() = Some(task.clone());
+        let greenlet = task.greenlet.clone();
+        let prev = self.running.replace(Some(task));
+        debug_assert!(prev.is_none(), "the hub runs one task at a time");
         let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
-        if task.greenlet.is_dead() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| greenlet.switch(())));
+        let ended = coarse_now();
+        if greenlet.is_dead() {
             self.deaths.set(self.deaths.get() + 1);
         }
-        let ended = coarse_now();
-        task.runs.set(task.runs.get() + 1);
-        if ended > started {
-            let ran = Duration::from_nanos(ended - started);
-            task.run_time.set(task.run_time.get() + ran);
+        if let Some(task) = self.running.take() {
+            task.runs.set(task.runs.get() + 1);
+            if ended > started {
+                let ran = Duration::from_nanos(ended - started);
+                task.run_time.set(task.run_time.get() + ran);
+            }
         }
-        *self.running.borrow_mut() = None;
         if let Err(payload) = outcome {
             // A plain greenlet whose parent is the hub panicked (spawned ones report
             // their own panics): report it and carry on.
@@ -516,7 +562,7 @@ impl Hub {
                 crate::error::panic_payload_str(payload.as_ref()).unwrap_or("<non-string payload>");
             eprintln!(
                 "greenhub: greenlet #{} failed in the hub: {msg}",
-                task.greenlet.id()
+                greenlet.id()
             );
         }
         ended
@@ -565,11 +611,14 @@ impl Hub {
         }
     }
 
-    /// Once a second, gives back the memory of stacks that nobody reused.
+    /// Once a second, gives back the memory of stacks that nobody reused. (The coarse
+    /// clock may lag the precise one the hub slept by for up to a tick: a trim is due a
+    /// little early rather than costing an extra wake-up.)
     fn trim_stacks(&self) {
-        let now = Instant::now();
-        if now >= self.next_trim.get() {
-            self.next_trim.set(now + STACK_TRIM_INTERVAL);
+        const SLACK_NS: u64 = 20_000_000;
+        let now = coarse_now();
+        if now + SLACK_NS >= self.next_trim.get() {
+            self.next_trim.set(now + STACK_TRIM_INTERVAL_NS);
             crate::greenlet::trim_stack_pool();
             let deaths = self.deaths.get();
             self.trim_again.set(deaths != self.deaths_at_trim.get());
@@ -586,7 +635,10 @@ impl Hub {
     /// (no periodic wake-ups).
     fn trim_due(&self) -> Option<Instant> {
         let died = self.deaths.get() != self.deaths_at_trim.get();
-        (died || self.trim_again.get()).then(|| self.next_trim.get())
+        (died || self.trim_again.get()).then(|| {
+            let wait = self.next_trim.get().saturating_sub(coarse_now());
+            Instant::now() + Duration::from_nanos(wait)
+        })
     }
 
     fn fire_timers(&self) {
@@ -604,7 +656,7 @@ impl Hub {
 
     /// Nothing can wake anyone: tell the main greenlet, if it waits, that it never will.
     fn block_forever(&self) {
-        let main_task = self.others.borrow().get(&self.main.id()).cloned();
+        let main_task = self.main_task.borrow().clone();
         match main_task {
             Some(t) if t.waiting.get() != 0 => {
                 let seq = t.waiting.get();

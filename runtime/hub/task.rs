@@ -133,13 +133,21 @@ impl Waiter {
     }
 
     /// Wakes the task for `reason` if it is still in this wait; returns whether it was.
-    pub(crate) fn wake(&self, reason: Wake) -> bool {
+    /// The waiter's handle to the task moves into the hub's ready queue.
+    #[inline]
+    pub(crate) fn wake(self, reason: Wake) -> bool {
         if !self.is_waiting() {
             return false;
         }
         self.task.waiting.set(0);
         self.task.wake.set(reason);
-        super::with_hub(|hub| hub.schedule(self.task.clone()));
+        super::with_hub(|hub| hub.schedule(self.task));
         true
+    }
+
+    /// [`wake`](Waiter::wake) for a waiter that stays where it is listed.
+    #[inline]
+    pub(crate) fn wake_listed(&self, reason: Wake) -> bool {
+        self.is_waiting() && self.clone().wake(reason)
     }
 }

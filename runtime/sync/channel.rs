@@ -228,7 +228,7 @@ impl<T> Channel<T> {
         }
         inner.getters.notify_all();
         for (w, _) in inner.offers.borrow().iter() {
-            w.wake(Wake::Ready);
+            w.wake_listed(Wake::Ready);
         }
     }
 

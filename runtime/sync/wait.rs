@@ -42,8 +42,9 @@ impl WaitList {
     pub(crate) fn notify_one_greenlet(&self) -> Option<u64> {
         loop {
             let w = self.waiters.borrow_mut().pop_front()?;
+            let id = w.task.greenlet.id();
             if w.wake(Wake::Ready) {
-                return Some(w.task.greenlet.id());
+                return Some(id);
             }
         }
     }
@@ -51,7 +52,10 @@ impl WaitList {
     /// Wakes every waiting greenlet; returns how many.
     pub(crate) fn notify_all(&self) -> usize {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        waiters.into_iter().filter(|w| w.wake(Wake::Ready)).count()
+        waiters
+            .into_iter()
+            .filter_map(|w| w.wake(Wake::Ready).then_some(()))
+            .count()
     }
 
     /// How many greenlets are still waiting.
