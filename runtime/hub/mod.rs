@@ -20,6 +20,7 @@ mod dump;
 mod io;
 pub(crate) mod raw;
 mod remote;
+mod round;
 mod spawn;
 mod task;
 mod timer;
@@ -37,7 +38,7 @@ pub use dump::{dump, install_dump_signal};
 pub use io::Direction;
 pub use remote::{HubHandle, ResultReceiver, ResultSender, result_channel};
 pub use spawn::{Builder, JoinHandle, joinall, killall, spawn, spawn_later};
-pub(crate) use task::{Scope, Task, WaitOn, Waiter, Wake};
+pub(crate) use task::{Scope, SpareTasks, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
 /// How often the hub gives back the memory of stacks nobody reused, in ns.
@@ -75,6 +76,10 @@ pub(crate) struct Hub {
     /// When to next give back the memory of stacks left unused (see `StackPool::trim`),
     /// in [`coarse_now`] time: checked after every poll, so it must be cheap to read.
     next_trim: Cell<u64>,
+    /// Finished tasks kept for reuse.
+    spare_tasks: SpareTasks,
+    /// The round in progress, and handing off between greenlets (see `round`).
+    round: round::Round,
     /// Bumped whenever a greenlet the hub ran has died (its stack went back to the pool).
     deaths: Cell<u64>,
     /// `deaths` at the last trim.
@@ -180,6 +185,8 @@ impl Hub {
             others: RefCell::new(HashMap::new()),
             all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
+            round: round::Round::default(),
+            spare_tasks: SpareTasks::default(),
             next_trim: Cell::new(coarse_now() + STACK_TRIM_INTERVAL_NS),
             deaths: Cell::new(0),
             deaths_at_trim: Cell::new(0),
@@ -197,6 +204,7 @@ impl Hub {
     /// greenlet holds one on its stack.
     fn tear_down(&self) {
         raw::forget_hub_thread();
+        self.spare_tasks.clear();
         dump::unregister_hub(&self.remote);
         self.remote.close();
         if let Some(p) = &self.probe {
@@ -269,7 +277,7 @@ impl Hub {
         if self.main.is_running() {
             let mut main_task = self.main_task.borrow_mut();
             let task = main_task.get_or_insert_with(|| {
-                let task: Rc<Task> = Rc::new(Task::new(self.main.clone(), ()));
+                let task: Rc<Task> = Rc::new(Task::new(self.main.clone(), None));
                 self.track(&task);
                 task
             });
@@ -293,23 +301,47 @@ impl Hub {
         others
             .entry(me.id())
             .or_insert_with(|| {
-                let task: Rc<Task> = Rc::new(Task::new(me, ()));
+                let task: Rc<Task> = Rc::new(Task::new(me, None));
                 self.track(&task);
                 task
             })
             .clone()
     }
 
+    /// A task for `greenlet` (a spare one if there is one), carrying a spawned greenlet's
+    /// `body`.
+    pub(crate) fn new_task(
+        &self,
+        greenlet: Greenlet,
+        body: Option<Rc<dyn std::any::Any>>,
+    ) -> Rc<Task> {
+        self.spare_tasks.take(greenlet, body)
+    }
+
+    /// Lets go of a handle to `task`: if it was the last and the task is finished, the
+    /// task is kept for reuse.
+    pub(crate) fn release_task(&self, task: Rc<Task>) {
+        drop(self.spare_tasks.keep(task, &self.greenlet));
+    }
+
+    /// The task the hub switched into last, if it is still in its run (for a spawned
+    /// greenlet's body to find its own task).
+    pub(crate) fn running_task(&self) -> Option<Rc<Task>> {
+        self.running.borrow().clone()
+    }
+
     /// Remembers a task for `dump()` until [`untrack`](Hub::untrack).
     pub(crate) fn track(&self, task: &Rc<Task>) {
         let slot = self.all_tasks.borrow_mut().insert(Rc::downgrade(task));
-        task.tracked.set(Some(slot));
+        // More than 4 billion live tasks cannot be: slots are reused.
+        task.tracked.set(u32::try_from(slot).unwrap_or(u32::MAX));
     }
 
     /// Forgets a task (it has finished).
-    pub(crate) fn untrack<C: ?Sized>(&self, task: &Task<C>) {
-        if let Some(slot) = task.tracked.take() {
-            self.all_tasks.borrow_mut().try_remove(slot);
+    pub(crate) fn untrack(&self, task: &Task) {
+        let slot = task.tracked.replace(u32::MAX);
+        if slot != u32::MAX {
+            self.all_tasks.borrow_mut().try_remove(slot as usize);
         }
     }
 
@@ -326,12 +358,13 @@ impl Hub {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         task.waiting.set(seq);
-        task.waiting_on.set(WaitOn::Sync("event"));
+        task.waiting_on.set(WaitOn::Sync(&"event"));
         Waiter { task, seq }
     }
 
     /// Puts a task at the back of the ready queue.
     pub(crate) fn schedule(&self, task: Rc<Task>) {
+        self.note_woken(&task);
         let mut ready = self.ready.borrow_mut();
         ready.push_back(task);
         if let Some(p) = &self.probe {
@@ -357,7 +390,38 @@ impl Hub {
     ///
     /// # Panics
     /// Unwinds with [`GreenletExit`] when the greenlet is killed.
+    #[inline(always)]
     pub(crate) fn park(&self, waiter: &Waiter, deadline: Option<Instant>) -> Result<Wake, Error> {
+        let task = &waiter.task;
+        if deadline.is_some() || task.kill_pending.get() || task.has_scopes() {
+            return self.park_timed(waiter, deadline);
+        }
+        // No timer and nothing to deliver: the common wait. It is inlined into its callers,
+        // so that the switch back lands in their frame: a return right after a stack switch
+        // is mispredicted (the return stack buffer holds the other stack's frames), one per
+        // frame between the switch and the code that goes on.
+        loop {
+            let next = self.hand_off(task);
+            let target = next.as_ref().unwrap_or(&self.greenlet);
+            if let Err(e) = target.switch(()) {
+                task.waiting.set(0);
+                return Err(e);
+            }
+            if !waiter.is_waiting() {
+                break;
+            }
+        }
+        let wake = task.wake.get();
+        if task.kill_pending.get() || !matches!(wake, Wake::Ready | Wake::Io) {
+            return self.woken(task, None, None);
+        }
+        Ok(wake)
+    }
+
+    /// [`park`](Hub::park) with a timer (the operation's deadline or a `Timeout` scope's),
+    /// or with a kill to deliver first.
+    #[inline(never)]
+    fn park_timed(&self, waiter: &Waiter, deadline: Option<Instant>) -> Result<Wake, Error> {
         let task = &waiter.task;
         if let Err(e) = self.check_interrupts(task) {
             task.waiting.set(0);
@@ -373,7 +437,9 @@ impl Hub {
         // already in the ready queue, and the hub will switch back when its turn comes.
         // Switched back while still waiting is spurious (a plain `switch` into us): park again.
         loop {
-            if let Err(e) = self.greenlet.switch(()) {
+            let next = self.hand_off(task);
+            let target = next.as_ref().unwrap_or(&self.greenlet);
+            if let Err(e) = target.switch(()) {
                 // Thrown at us by a plain switch: the wait ends with that error.
                 task.waiting.set(0);
                 if let Some(t) = timer {
@@ -388,6 +454,19 @@ impl Hub {
         if let Some(t) = timer {
             self.cancel_timer(t);
         }
+        self.woken(task, scope, deadline)
+    }
+
+    /// What a wait that `task` was woken from returns: why it woke, or the kill, the
+    /// expired `Timeout` scope (`scope`: the earliest when it parked) or the error it woke
+    /// for. `deadline` is the operation's own.
+    #[inline(never)]
+    fn woken(
+        &self,
+        task: &Task,
+        scope: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Result<Wake, Error> {
         match task.wake.get() {
             Wake::Kill => {
                 self.check_interrupts(task)?;
@@ -486,55 +565,12 @@ impl Hub {
         }
     }
 
-    /// Runs one round of ready greenlets: first every greenlet that was woken (by I/O,
-    /// timers, other greenlets) before the round began, then every one that yielded
-    /// before it began, each once and in order; then, up to `ROUND_RUNS` runs in all,
-    /// greenlets made ready during the round (woken ones first), so that a greenlet woken
-    /// by one that then parks runs next without a trip through the poller. I/O is then
-    /// polled and timers fired before the next round: a socket or a timer never waits
-    /// behind more than one round, and a round makes at most `ROUND_RUNS` runs beyond
-    /// those it began with (tokio's event interval is 61 too). A round that has run for
-    /// `ROUND_BUDGET_NS` ends early (the rest keep their places), so that a timer or socket
-    /// never waits behind more than one time slice of cooperating CPU hogs. (Time here is
-    /// [`coarse_now`]'s: the budget is kept to within one scheduler tick.)
-    fn run_ready(&self) {
-        const ROUND_BUDGET_NS: u64 = 2_000_000;
-        const ROUND_RUNS: usize = 61;
-        let round_start = coarse_now();
-        let mut now = round_start;
-        let mut woken = self.ready.borrow().len();
-        let mut yielded = self.yielded.borrow().len();
-        let mut runs = 0;
-        loop {
-            let task = if woken > 0 {
-                woken -= 1;
-                self.ready.borrow_mut().pop_front()
-            } else if yielded > 0 {
-                yielded -= 1;
-                self.yielded.borrow_mut().pop_front()
-            } else if runs < ROUND_RUNS {
-                let next = self.ready.borrow_mut().pop_front();
-                next.or_else(|| self.yielded.borrow_mut().pop_front())
-            } else {
-                return;
-            };
-            let Some(task) = task else {
-                return;
-            };
-            now = self.run_task(task, now);
-            runs += 1;
-            if now.saturating_sub(round_start) >= ROUND_BUDGET_NS || self.stopping.get() {
-                return;
-            }
-        }
-    }
-
-    /// Switches into `task` (at `started`, a [`coarse_now`]) until it switches back;
-    /// returns when that was.
+    /// Switches into `task` until it (or a greenlet it handed off to, see `round`)
+    /// switches back.
     #[inline]
-    fn run_task(&self, task: Rc<Task>, started: u64) -> u64 {
+    fn run_task(&self, task: Rc<Task>) {
         if task.greenlet.is_dead() {
-            return started;
+            return;
         }
         if let Some(p) = &self.probe {
             self.publish(p, &task);
@@ -542,18 +578,18 @@ impl Hub {
         let greenlet = task.greenlet.clone();
         let prev = self.running.replace(Some(task));
         debug_assert!(prev.is_none(), "the hub runs one task at a time");
+        self.start_run();
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| greenlet.switch(())));
         let ended = coarse_now();
-        if greenlet.is_dead() {
-            self.deaths.set(self.deaths.get() + 1);
+        let mut died = greenlet.is_dead();
+        if let Some(last) = self.running.take() {
+            died |= last.greenlet.is_dead();
+            self.end_run(&last, ended);
+            self.release_task(last);
         }
-        if let Some(task) = self.running.take() {
-            task.runs.set(task.runs.get() + 1);
-            if ended > started {
-                let ran = Duration::from_nanos(ended - started);
-                task.run_time.set(task.run_time.get() + ran);
-            }
+        if died {
+            self.deaths.set(self.deaths.get() + 1);
         }
         if let Err(payload) = outcome {
             // A plain greenlet whose parent is the hub panicked (spawned ones report
@@ -565,7 +601,6 @@ impl Hub {
                 greenlet.id()
             );
         }
-        ended
     }
 
     /// Tells the monitor who waits on the hub while `task` runs (see `probe`): the hub is
@@ -620,6 +655,7 @@ impl Hub {
         if now + SLACK_NS >= self.next_trim.get() {
             self.next_trim.set(now + STACK_TRIM_INTERVAL_NS);
             crate::greenlet::trim_stack_pool();
+            self.spare_tasks.trim();
             let deaths = self.deaths.get();
             self.trim_again.set(deaths != self.deaths_at_trim.get());
             self.deaths_at_trim.set(deaths);

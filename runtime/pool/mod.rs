@@ -76,7 +76,7 @@ impl Core {
         // A woken spawner was handed the slot of a member that ended.
         match self
             .spawners
-            .wait("pool slot", deadline, || self.release_slot())?
+            .wait(&"pool slot", deadline, || self.release_slot())?
         {
             true => Ok(()),
             false => Err(Error::Timeout),
@@ -139,7 +139,7 @@ impl Core {
 
     fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
         while self.used.get() > 0 {
-            if !self.idle.wait("group to finish (join)", deadline, || {})? {
+            if !self.idle.wait(&"group to finish (join)", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }
@@ -171,7 +171,7 @@ impl Core {
             if free > 0 {
                 return Ok(free);
             }
-            if !self.available.wait("pool slot", deadline, || {})? {
+            if !self.available.wait(&"pool slot", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }
@@ -333,7 +333,7 @@ where
         while state.spawned.get() - state.yielded.get() >= state.max_held.get() {
             if state
                 .feeder
-                .wait("pool imap reader (feeder)", None, || {})
+                .wait(&"pool imap reader (feeder)", None, || {})
                 .is_err()
             {
                 return;
@@ -407,7 +407,7 @@ impl<T: 'static> Feed<T> {
                     _ => None,
                 };
             }
-            if let Err(e) = st.consumer.wait("pool imap result", None, || {}) {
+            if let Err(e) = st.consumer.wait(&"pool imap result", None, || {}) {
                 return Some(Err(e));
             }
         }

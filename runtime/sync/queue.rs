@@ -281,6 +281,7 @@ impl<T, S: Store<T>> Core<T, S> {
         }
     }
 
+    #[inline(always)]
     fn put(&self, item: T, deadline: Option<Instant>, wait: bool) -> Result<(), PutError<T>> {
         loop {
             if self.closed.get() {
@@ -295,7 +296,7 @@ impl<T, S: Store<T>> Core<T, S> {
             }
             match self
                 .putters
-                .wait("queue (put)", deadline, || self.give_back_room())
+                .wait(&"queue (put)", deadline, || self.give_back_room())
             {
                 Ok(true) if self.room_grants.get() > 0 => {
                     self.room_grants.set(self.room_grants.get() - 1);
@@ -312,6 +313,7 @@ impl<T, S: Store<T>> Core<T, S> {
         }
     }
 
+    #[inline(always)]
     fn get(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
         loop {
             if self.len() > self.item_grants.get() {
@@ -325,7 +327,7 @@ impl<T, S: Store<T>> Core<T, S> {
             }
             match self
                 .getters
-                .wait("queue (get)", deadline, || self.give_back_item())
+                .wait(&"queue (get)", deadline, || self.give_back_item())
             {
                 Ok(true) if self.item_grants.get() > 0 => {
                     self.item_grants.set(self.item_grants.get() - 1);
@@ -360,7 +362,7 @@ impl<T, S: Store<T>> Core<T, S> {
 
     fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
         while self.unfinished.get() > 0 {
-            if !self.joiners.wait("queue (join)", deadline, || {})? {
+            if !self.joiners.wait(&"queue (join)", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }

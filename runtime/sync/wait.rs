@@ -87,9 +87,10 @@ impl WaitList {
     /// # Errors
     /// [`Error::Timeout`] when a `Timeout` scope expires, [`Error::BlockForever`] when
     /// nothing can wake it, or an error thrown into the greenlet.
+    #[inline(always)]
     pub(crate) fn wait(
         &self,
-        kind: &'static str,
+        kind: &'static &'static str,
         deadline: Option<Instant>,
         give_back: impl FnOnce(),
     ) -> Result<bool, Error> {
@@ -113,7 +114,7 @@ impl WaitList {
 }
 
 #[inline]
-fn begin(hub: &crate::hub::Hub, kind: &'static str) -> Waiter {
+fn begin(hub: &crate::hub::Hub, kind: &'static &'static str) -> Waiter {
     hub.begin_wait_on(WaitOn::Sync(kind))
 }
 
