@@ -101,6 +101,7 @@ thread_local! {
 }
 
 /// Runs `f` with this thread's hub, creating it on first use.
+#[inline]
 pub(crate) fn with_hub<R>(f: impl FnOnce(&Rc<Hub>) -> R) -> R {
     HUB.with(|cell| f(cell.get_or_init(Hub::start)))
 }
@@ -117,6 +118,7 @@ impl Drop for Teardown {
 }
 
 /// This thread's hub.
+#[inline]
 pub(crate) fn current_hub() -> Rc<Hub> {
     with_hub(Rc::clone)
 }
@@ -261,7 +263,7 @@ impl Hub {
     ///
     /// For the greenlet the hub switched into, or the main greenlet, this is one load and
     /// a compare (no handle to the running greenlet is made, nothing is looked up).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn current_task(&self) -> Rc<Task> {
         if let Some(t) = self.running.borrow().as_ref()
             && t.greenlet.is_running()
@@ -346,6 +348,7 @@ impl Hub {
     }
 
     /// Starts a wait for `what` (see [`begin_wait`](Hub::begin_wait)).
+    #[inline(always)]
     pub(crate) fn begin_wait_on(&self, what: WaitOn) -> Waiter {
         let waiter = self.begin_wait();
         waiter.task.waiting_on.set(what);
@@ -353,6 +356,7 @@ impl Hub {
     }
 
     /// Starts a wait of the running greenlet and returns the waiter that ends it.
+    #[inline(always)]
     pub(crate) fn begin_wait(&self) -> Waiter {
         let task = self.current_task();
         let seq = self.next_seq.get();
@@ -363,6 +367,7 @@ impl Hub {
     }
 
     /// Puts a task at the back of the ready queue.
+    #[inline]
     pub(crate) fn schedule(&self, task: Rc<Task>) {
         self.note_woken(&task);
         let mut ready = self.ready.borrow_mut();

@@ -147,6 +147,7 @@ impl ExternalWaits {
     }
 
     /// How many values from other threads are awaited.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.slots.borrow().len()
     }

@@ -244,6 +244,7 @@ impl<T, S: Store<T>> Core<T, S> {
     }
 
     /// Adds `item` (room is known to be there) and hands it to the first waiting getter.
+    #[inline(always)]
     fn push(&self, item: T) {
         self.items.borrow_mut().push(item);
         self.unfinished.set(self.unfinished.get() + 1);
@@ -253,6 +254,7 @@ impl<T, S: Store<T>> Core<T, S> {
     }
 
     /// Takes the next item; a place is then free: promise it to the first waiting putter.
+    #[inline(always)]
     fn pop(&self) -> T {
         let item = self.items.borrow_mut().pop().expect("an item was counted");
         if self.capacity.is_some() && self.putters.notify_one() {

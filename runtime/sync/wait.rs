@@ -27,6 +27,7 @@ impl WaitList {
 
     /// Wakes the first greenlet still waiting, giving it the grant; returns whether there
     /// was one.
+    #[inline]
     pub(crate) fn notify_one(&self) -> bool {
         loop {
             let Some(w) = self.waiters.borrow_mut().pop_front() else {
