@@ -1,4 +1,4 @@
-//! Echo round trips (issue 5): 1, 100, 1,000 and 10,000 concurrent connections, 64-byte
+//! Echo round trips: 1, 100, 1,000 and 10,000 concurrent connections, 64-byte
 //! and 4 KiB messages, against four servers in the same run — greenhub (one hub),
 //! tokio `current_thread`, may with one worker and std thread-per-connection, each
 //! reading up to 4 KiB and writing it back (`examples/support/peers.rs`) — all driven by
@@ -18,12 +18,8 @@ mod load;
 #[path = "../examples/support/peers.rs"]
 mod peers;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use load::Histogram;
 
 const CONNS: [usize; 4] = [1, 100, 1_000, 10_000];
 const SIZES: [usize; 2] = [64, 4096];
@@ -102,8 +98,8 @@ struct Cell {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--role-client") {
-        client(&args[i + 1..]);
+    if let Some(i) = args.iter().position(|a| a == load::CLIENT_ROLE) {
+        load::client_process_main(&args[i + 1..], "echo bench");
         return;
     }
     peers::may_one_worker();
@@ -238,86 +234,21 @@ fn run_cell(
     warmup: Duration,
     measure: Duration,
 ) -> Cell {
-    let failed = |why: String| {
-        eprintln!("echo bench: {conns} connections x {size} B to {addr}: {why}");
-        Cell {
-            rps: 0.0,
-            p50_us: 0.0,
-            p99_us: 0.0,
-            errors: conns as u64,
-        }
-    };
-    let child = Command::new(exe)
-        .args([
-            "--role-client".to_string(),
-            addr.to_string(),
-            conns.to_string(),
-            size.to_string(),
-            warmup.as_millis().to_string(),
-            measure.as_millis().to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot start the client: {e}")),
-    };
-    let out = child.stdout.take().expect("piped stdout");
-    let line = BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("RESULT ") || l.starts_with("ERROR "));
-    let _ = child.wait();
-    let Some(line) = line else {
-        return failed("the client printed no result".into());
-    };
-    if let Some(e) = line.strip_prefix("ERROR ") {
-        return failed(e.to_string());
-    }
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or("")
-    };
-    let requests: f64 = field("requests").parse().unwrap_or(0.0);
-    let secs: f64 = field("secs").parse().unwrap_or(1.0);
-    let hist = Histogram::decode(field("hist")).unwrap_or_default();
-    Cell {
-        rps: requests / secs,
-        p50_us: hist.quantile(0.5).as_secs_f64() * 1e6,
-        p99_us: hist.quantile(0.99).as_secs_f64() * 1e6,
-        errors: field("errors").parse().unwrap_or(0),
-    }
-}
-
-/// The client process: `--role-client ADDR CONNS SIZE WARMUP_MS MEASURE_MS`.
-fn client(args: &[String]) {
-    let parse = |i: usize| -> u64 { args.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    let Some(addr) = args.first().and_then(|a| a.parse::<SocketAddr>().ok()) else {
-        println!("ERROR bad client arguments {args:?}");
-        return;
-    };
-    let r = load::bench_client(
-        addr,
-        parse(1) as usize,
-        parse(2) as usize,
-        Duration::from_millis(parse(3)),
-        Duration::from_millis(parse(4)),
-    );
-    match r {
-        Ok(r) => {
-            if let Some(e) = &r.first_error {
-                eprintln!("echo bench client: {} errors; the first: {e}", r.errors);
+    match load::run_client_process(exe, addr, conns, size, warmup, measure) {
+        Ok(r) => Cell {
+            rps: r.requests as f64 / r.secs,
+            p50_us: r.hist.quantile(0.5).as_secs_f64() * 1e6,
+            p99_us: r.hist.quantile(0.99).as_secs_f64() * 1e6,
+            errors: r.errors,
+        },
+        Err(why) => {
+            eprintln!("echo bench: {conns} connections x {size} B to {addr}: {why}");
+            Cell {
+                rps: 0.0,
+                p50_us: 0.0,
+                p99_us: 0.0,
+                errors: conns as u64,
             }
-            println!(
-                "RESULT requests={} secs={} errors={} hist={}",
-                r.requests,
-                r.secs,
-                r.errors,
-                r.hist.encode()
-            );
         }
-        Err(e) => println!("ERROR {}", load::describe(&e)),
     }
 }

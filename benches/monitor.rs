@@ -1,4 +1,4 @@
-//! Monitor costs (issue 7): a switch-heavy workload with the monitor on and off in the same
+//! Monitor costs: a switch-heavy workload with the monitor on and off in the same
 //! run, the cost of `cooperate()` in a tight loop, and detection latency (time from the
 //! threshold to the report) over 50 blocking episodes.
 //!

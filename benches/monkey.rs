@@ -31,9 +31,8 @@ mod peers;
 mod slow_http;
 
 use std::ffi::c_void;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Pipe round trips per timed round: short rounds (about 2 ms), many of them, so that
@@ -56,8 +55,8 @@ struct Settings {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--role-client") {
-        echo_client(&args[i + 1..]);
+    if let Some(i) = args.iter().position(|a| a == load::CLIENT_ROLE) {
+        load::client_process_main(&args[i + 1..], "echo");
         return;
     }
     let s = if args.iter().any(|a| a == "--quick") {
@@ -241,7 +240,7 @@ fn pipe_round_trips(rounds: usize) -> PipeCost {
         }
         t.elapsed().as_secs_f64() * 1e9 / PIPE_ITERS as f64
     };
-    // SAFETY (each closure): `buf` points at `byte`, one byte that lives for the whole
+    // SAFETY: (each closure) `buf` points at `byte`, one byte that lives for the whole
     // function; `r` and `w` are the pipe's ends, open until the end of the function; the
     // pipe holds at most one byte at a time, so no call blocks.
     let mut hooked = || unsafe {
@@ -389,76 +388,17 @@ fn echo_servers(s: &Settings) -> Vec<EchoCell> {
         .collect()
 }
 
-/// One cell in a client process: returns requests/s and the client's error count.
+/// One cell in a client process (`load::run_client_process`, the closed-loop client of
+/// `benches/echo.rs` on `greenhub::net`; that process never calls `patch_all`): returns
+/// requests/s and the client's error count.
 fn run_echo_cell(exe: &std::path::Path, addr: SocketAddr, size: usize, s: &Settings) -> (f64, u64) {
-    let failed = |why: String| {
-        eprintln!("echo: {ECHO_CONNS} connections x {size} B to {addr}: {why}");
-        (0.0, ECHO_CONNS as u64)
-    };
-    let child = Command::new(exe)
-        .args([
-            "--role-client".to_string(),
-            addr.to_string(),
-            ECHO_CONNS.to_string(),
-            size.to_string(),
-            s.echo_warmup.as_millis().to_string(),
-            s.echo_measure.as_millis().to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot start the client: {e}")),
-    };
-    let out = child.stdout.take().expect("piped stdout");
-    let line = BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("RESULT ") || l.starts_with("ERROR "));
-    let _ = child.wait();
-    let Some(line) = line else {
-        return failed("the client printed no result".into());
-    };
-    if let Some(e) = line.strip_prefix("ERROR ") {
-        return failed(e.to_string());
-    }
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or("")
-    };
-    let requests: f64 = field("requests").parse().unwrap_or(0.0);
-    let secs: f64 = field("secs").parse().unwrap_or(1.0);
-    (requests / secs, field("errors").parse().unwrap_or(0))
-}
-
-/// The client process: `--role-client ADDR CONNS SIZE WARMUP_MS MEASURE_MS`; the
-/// closed-loop client of `benches/echo.rs` (`load::bench_client`, on `greenhub::net`;
-/// this process never calls `patch_all`).
-fn echo_client(args: &[String]) {
-    let parse = |i: usize| -> u64 { args.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    let Some(addr) = args.first().and_then(|a| a.parse::<SocketAddr>().ok()) else {
-        println!("ERROR bad client arguments {args:?}");
-        return;
-    };
-    match load::bench_client(
-        addr,
-        parse(1) as usize,
-        parse(2) as usize,
-        Duration::from_millis(parse(3)),
-        Duration::from_millis(parse(4)),
-    ) {
-        Ok(r) => {
-            if let Some(e) = &r.first_error {
-                eprintln!("echo client: {} errors; the first: {e}", r.errors);
-            }
-            println!(
-                "RESULT requests={} secs={} errors={}",
-                r.requests, r.secs, r.errors
-            );
+    let (warmup, measure) = (s.echo_warmup, s.echo_measure);
+    match load::run_client_process(exe, addr, ECHO_CONNS, size, warmup, measure) {
+        Ok(r) => (r.requests as f64 / r.secs, r.errors),
+        Err(why) => {
+            eprintln!("echo: {ECHO_CONNS} connections x {size} B to {addr}: {why}");
+            (0.0, ECHO_CONNS as u64)
         }
-        Err(e) => println!("ERROR {}", load::describe(&e)),
     }
 }
 

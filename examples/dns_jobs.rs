@@ -1,4 +1,4 @@
-//! Seed 000's gevent name lookups: one job per host name, `joinall` with a 2-second
+//! gevent's classic name lookups: one job per host name, `joinall` with a 2-second
 //! timeout, then every job's value.
 //!
 //! ```python
@@ -10,7 +10,7 @@
 //!
 //! This machine has no internet, so the names are local ones (`localhost`, this machine's
 //! host name, a literal address); each lookup runs `getaddrinfo` on the thread pool while
-//! its greenlet waits, so the lookups overlap and the hub never blocks. Prints the seed's
+//! its greenlet waits, so the lookups overlap and the hub never blocks. Prints the Python's
 //! list, e.g. `['127.0.0.1', '127.0.0.1', '127.0.0.1']`; a job that failed or had not
 //! finished after 2 s shows `None`, as in gevent.
 

@@ -1,4 +1,4 @@
-//! Seed 001's "download many sites", three ways: sequentially, with OS threads, and with
+//! "Download many sites", three ways: sequentially, with OS threads, and with
 //! greenlets — the same `download_site` function each time (it uses greenhub sockets, which
 //! block an OS thread in the first two runs and park a greenlet in the third).
 //!
@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use greenhub::net::{StreamServer, TcpStream};
 
-/// How many pages the local server has (the seed's `sites * 80`).
+/// How many pages the local server has (the Python's `sites * 80`).
 const PAGES: usize = 160;
 /// The local server's pause before each answer.
 const LATENCY: Duration = Duration::from_millis(10);
-/// Default worker threads (the seed's sweet spot was 20-30).
+/// Default worker threads (the Python tutorial's sweet spot was 20-30).
 const THREADS: usize = 20;
 
 #[derive(Clone)]

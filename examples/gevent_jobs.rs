@@ -1,4 +1,4 @@
-//! Seed 000's gevent jobs: spawn several jobs, `joinall` with a 2-second timeout, then
+//! gevent's classic jobs example: spawn several jobs, `joinall` with a 2-second timeout, then
 //! print each job's value (`None` for the ones that had not finished).
 //!
 //! ```python

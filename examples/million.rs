@@ -1,4 +1,4 @@
-//! One million live greenlets in one process (issue 3).
+//! One million live greenlets in one process.
 //!
 //! Creates N greenlets (default 1,000,000; `cargo run --release --example million -- N`),
 //! switches into each once so that each is suspended on its own stack, then switches into

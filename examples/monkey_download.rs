@@ -1,4 +1,4 @@
-//! Seed 001's "download many sites" with ureq, a blocking HTTP client that knows nothing
+//! "Download many sites" with ureq, a blocking HTTP client that knows nothing
 //! of greenhub, unmodified: once sequentially, then in one greenlet per site after
 //! `greenhub::monkey::patch_all()`, which makes ureq's blocking socket calls park the
 //! greenlet instead of the thread (gevent's `monkey.patch_all()` with `requests`).
@@ -19,12 +19,12 @@ mod slow_http;
 
 use std::time::{Duration, Instant};
 
-/// How many pages the local server has (the seed's `sites * 80`).
+/// How many pages the local server has (the Python's `sites * 80`).
 const PAGES: usize = 160;
 /// The local server's pause before each answer.
 const LATENCY: Duration = Duration::from_millis(10);
 
-/// The seed's `download_site`: GET the page, report its length. Plain blocking ureq.
+/// The Python's `download_site`: GET the page, report its length. Plain blocking ureq.
 fn download_site(agent: &ureq::Agent, url: &str, verbose: bool) -> Result<usize, ureq::Error> {
     let body = agent.get(url).call()?.into_body().read_to_vec()?;
     if verbose {
@@ -44,7 +44,7 @@ fn succeeded(url: &str, result: Result<usize, ureq::Error>) -> bool {
     }
 }
 
-/// The seed's synchronous `download_all_sites`: one site after another.
+/// The Python's synchronous `download_all_sites`: one site after another.
 fn download_all_sites(sites: &[String], verbose: bool) -> usize {
     let agent = ureq::agent();
     sites

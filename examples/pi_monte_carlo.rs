@@ -1,4 +1,4 @@
-//! Seed 000's CPU-bound Monte-Carlo pi with greenlets, and what the monitor says about it.
+//! The classic CPU-bound Monte-Carlo pi with greenlets, and what the monitor says about it.
 //!
 //! ```python
 //! def test(tries):
@@ -62,7 +62,7 @@ fn main() {
     let t = Instant::now();
     let done = Rc::new(Cell::new(false));
     let beat_done = done.clone();
-    let heartbeat = hub::Builder::new().name("heartbeat").spawn(move || {
+    let heartbeat = hub::SpawnBuilder::new().name("heartbeat").spawn(move || {
         let mut last = Instant::now();
         let mut worst = Duration::ZERO;
         while !beat_done.get() {
@@ -76,7 +76,7 @@ fn main() {
     });
     let jobs: Vec<_> = (0..WORKERS)
         .map(|i| {
-            hub::Builder::new()
+            hub::SpawnBuilder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || monte_carlo(TRIES, 0x9E37_79B9_7F4A_7C15 ^ (i + 1), cooperative))
         })

@@ -1,4 +1,4 @@
-//! Seed 000's eventlet `GreenPool.imap`: fetch a list of URLs concurrently, results in the
+//! eventlet's `GreenPool.imap` example: fetch a list of URLs concurrently, results in the
 //! order of the URLs.
 //!
 //! ```python
@@ -13,8 +13,8 @@
 //! ```
 //!
 //! This machine has no internet: a local `StreamServer` stands in for the three sites,
-//! with the seed's body sizes, and answers the first URL last, so that the jobs finish
-//! out of order. Prints what the seed prints:
+//! with the Python's body sizes, and answers the first URL last, so that the jobs finish
+//! out of order. Prints what the Python prints:
 //!
 //! ```text
 //! ('got body', 17629)

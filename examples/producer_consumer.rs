@@ -1,4 +1,4 @@
-//! Seed 003's producer/consumer: a producer and a consumer on a `JoinableQueue`; the
+//! asyncio's producer/consumer, ported: a producer and a consumer on a `JoinableQueue`; the
 //! producer's `join` waits until every item it put has been taken *and* marked done.
 //!
 //! ```python
@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Prints `put 0 at 1.00…`, `get 0 at 1.00…`, `put 1 at 2.00…`, `consumed 0 at 2.00…`,
-//! `get 1 …`, … `consumed 4 at 6.00…`, `done at 6.00…`, as the seed does.
+//! `get 1 …`, … `consumed 4 at 6.00…`, `done at 6.00…`, as the Python does.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! The red/blue program from the greenlet docs (seed 002), ported line for line.
+//! The red/blue program from the greenlet docs, ported line for line.
 //!
 //! ```python
 //! from greenlet import greenlet

@@ -1,4 +1,4 @@
-//! `test1`/`test2` from seed 000: prints 12, 56, 34 (78 is never printed).
+//! `test1`/`test2` from the greenlet docs: prints 12, 56, 34 (78 is never printed).
 //!
 //! ```python
 //! def test1():

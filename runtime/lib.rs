@@ -28,6 +28,14 @@
 //! `monkey` feature: unmodified blocking code becomes cooperative) <- [`pool`] (`Group`,
 //! `Pool`).
 
+#![deny(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod error;
 pub mod greenlet;
 pub mod hub;
@@ -42,9 +50,11 @@ pub mod time;
 
 pub use error::{Error, PanicPayload};
 pub use greenlet::{
-    Builder, Greenlet, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
+    Greenlet, GreenletBuilder, GreenletExit, TraceEvent, TraceHook, Value, getcurrent, settrace,
 };
-pub use hub::{HubHandle, JoinHandle, cooperate, dump, joinall, killall, spawn, spawn_later};
+pub use hub::{
+    HubHandle, JoinHandle, SpawnBuilder, cooperate, dump, joinall, killall, spawn, spawn_later,
+};
 pub use pool::{Group, Pool};
 pub use sync::{
     AsyncResult, BoundedSemaphore, Channel, Event, JoinableQueue, LifoQueue, Local, Lock,

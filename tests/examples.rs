@@ -1,4 +1,4 @@
-//! The seed programs print what the seeds say (examples are built by `cargo test`).
+//! The ported Python programs print what the Python originals print (examples are built by `cargo test`).
 
 mod common;
 

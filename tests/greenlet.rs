@@ -1,19 +1,14 @@
 //! The rules of the greenlet core: parents, switching, results and panics, throw,
 //! set_parent, dead greenlets, dropping and killing, threads, settrace.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 
+use common::DropFlag;
 use greenhub::{Error, Greenlet, TraceEvent, Value, getcurrent, settrace};
-
-/// Sets a flag when dropped: proves a stack was unwound.
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
 
 fn int(v: Value) -> i32 {
     v.downcast::<i32>().expect("an i32")
@@ -78,7 +73,7 @@ fn switch_to_self_returns_the_value() {
 }
 
 #[test]
-fn red_blue_order_of_the_seed() {
+fn red_blue_runs_red_then_blue_then_red_done() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let (l1, l2) = (log.clone(), log.clone());
     let blue = Greenlet::new(move |red: Value| {

@@ -4,6 +4,8 @@
 //! The tests that used to abort or hang the process run their body in a child process
 //! (`isolated`), so that such a regression fails one test instead of the whole run.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,16 +13,8 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::{OnDrop, record_trace};
 use greenhub::{Error, Greenlet, GreenletExit, TraceEvent, getcurrent, settrace, spawn};
-
-/// Runs `f` when dropped.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
 
 /// How a switch ended, in a form tests can compare.
 fn outcome(r: &Result<greenhub::Value, Error>) -> String {
@@ -365,18 +359,6 @@ fn killing_a_greenlet_suspended_inside_the_trace_hook_unwinds_it() {
         "the hook was not removed: the kill was not its failure"
     );
     assert!(hook_calls.get() >= 2);
-}
-
-type Log = Rc<RefCell<Vec<(TraceEvent, u64, u64)>>>;
-
-/// Installs a hook recording every event as (event, from id, to id).
-fn record_trace() -> Log {
-    let log: Log = Rc::default();
-    let sink = log.clone();
-    settrace(Some(Box::new(move |ev, from, to| {
-        sink.borrow_mut().push((ev, from.id(), to.id()))
-    })));
-    log
 }
 
 #[test]

@@ -2,30 +2,15 @@
 //! collected (but `dump()` shows the greenlets they keep), and the panic state is per
 //! thread, not per greenlet.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Mutex;
 
+use common::{DropFlag, OnDrop};
 use greenhub::{Error, Greenlet, getcurrent};
-
-/// Sets its flag when dropped.
-struct DropFlag(Rc<Cell<bool>>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
-/// Runs `f` when dropped.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
 
 #[test]
 fn a_greenlet_holding_its_own_handle_across_a_switch_is_never_unwound() {

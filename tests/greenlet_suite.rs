@@ -5,31 +5,16 @@
 //! (frames, `__getattribute__`, refcounts, subclasses, argument passing, cross-thread
 //! switches that `!Send` rules out at compile time) have no counterpart here.
 
+mod common;
+
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
 
+use common::{DropFlag, OnDrop, Trace, record_trace};
 use greenhub::{Error, Greenlet, GreenletExit, TraceEvent, Value, getcurrent, settrace};
-
-/// Sets its flag when dropped.
-struct DropFlag(Rc<Cell<bool>>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
-/// Runs `f` when dropped (a `finally:`).
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
 
 type Log<T> = Rc<RefCell<Vec<T>>>;
 
@@ -573,17 +558,6 @@ fn a_throw_goes_to_the_original_parent() {
 // ---------------------------------------------------------------------------
 // test_tracing.py and the scripts that switch inside the trace function
 // ---------------------------------------------------------------------------
-
-type Trace = Log<(TraceEvent, u64, u64)>;
-
-fn record_trace() -> Trace {
-    let actions: Trace = log();
-    let sink = actions.clone();
-    settrace(Some(Box::new(move |ev, from, to| {
-        sink.borrow_mut().push((ev, from.id(), to.id()))
-    })));
-    actions
-}
 
 /// test_a_greenlet_tracing
 #[test]

@@ -1,22 +1,18 @@
 //! The hub: spawn, join, kill, panics, block-forever, cross-thread work, thread pool.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::DropFlag;
 use greenhub::hub::{self, result_channel};
 use greenhub::{
     Error, ThreadPool, getcurrent, joinall, killall, sleep, spawn, spawn_blocking, spawn_later,
 };
-
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -41,7 +37,7 @@ fn spawned_greenlets_run_concurrently_and_join_returns_results() {
 
 #[test]
 fn spawned_greenlet_has_the_hub_as_parent_and_a_name() {
-    let h = hub::Builder::new().name("named").spawn(|| {
+    let h = hub::SpawnBuilder::new().name("named").spawn(|| {
         let me = getcurrent();
         (
             me.name().map(String::from),

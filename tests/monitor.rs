@@ -132,7 +132,7 @@ fn a_spinning_greenlet_gets_exactly_one_report_with_its_stack() {
     let stop = Rc::new(Cell::new(false));
     let waiting = ticker(&stop);
     let sink = reports.clone();
-    let hog = hub::Builder::new()
+    let hog = hub::SpawnBuilder::new()
         .name("spinner")
         .spawn(move || spin_hog_until(Duration::from_secs(20), || reported_me(&sink)));
     let id = hog.id();
@@ -172,7 +172,7 @@ fn a_greenlet_in_a_blocking_syscall_is_reported_as_such() {
     let stop = Rc::new(Cell::new(false));
     let waiting = ticker(&stop);
     let sink = reports.clone();
-    let hog = greenhub::hub::Builder::new()
+    let hog = greenhub::hub::SpawnBuilder::new()
         .name("sleeper")
         .spawn(move || {
             let t = Instant::now();

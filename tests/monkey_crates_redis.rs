@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monkey_support::{Ticker, assert_ticked, patch, run_bounded};
+use monkey_support::{Ticker, assert_ticked, assert_ticked_within, patch, run_bounded};
 
 const WAITERS: usize = 500;
 /// The `BLPOP` timeout, in seconds: far past the test's own expectations, short enough
@@ -169,7 +169,15 @@ fn redis_blpop_in_500_greenlets_all_receive_while_a_ticker_keeps_ticking() {
         peak_blocked, WAITERS,
         "not every greenlet was waiting in BLPOP at the same time"
     );
-    assert_ticked("ticker during the BLPOPs", ticks, elapsed);
+    // 500 connects become ready in one round of the hub: tens of milliseconds of honest
+    // work (17-33 ms idle, 71 ms on a loaded machine), while one BLPOP that blocked the
+    // hub would hold it for BLPOP_SECS.
+    assert_ticked_within(
+        "ticker during the BLPOPs",
+        ticks,
+        elapsed,
+        Duration::from_millis(250),
+    );
     drop(server);
 }
 

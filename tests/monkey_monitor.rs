@@ -50,7 +50,7 @@ fn a_greenlet_blocked_in_a_std_mutex_is_reported_by_the_monitor() {
             greenhub::sleep(Duration::from_millis(20));
         }
     });
-    let waiter = greenhub::hub::Builder::new()
+    let waiter = greenhub::hub::SpawnBuilder::new()
         .name("mutex-waiter")
         .spawn(move || drop(lock.lock().unwrap()));
     let id = waiter.id();

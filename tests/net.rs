@@ -214,7 +214,7 @@ fn unix_pair_and_datagram_echo() {
 // ---- scale ----
 
 #[test]
-fn thousand_concurrent_connections() {
+fn a_thousand_concurrent_connections_each_get_their_own_echo() {
     const N: usize = 1000;
     let server = echo_server();
     let addr = server.local_addr().unwrap();
@@ -312,7 +312,7 @@ fn write_timeout_when_the_peer_does_not_read() {
 }
 
 #[test]
-fn timeout_scope_around_a_read() {
+fn a_timeout_scope_cuts_a_read_short_with_timed_out() {
     let (_s, mut c) = tcp_pair();
     let scope = Timeout::start(20 * MS);
     let e = c.read(&mut [0u8; 8]).unwrap_err();
@@ -474,7 +474,7 @@ fn bound_unlistened_port() -> (std::os::fd::OwnedFd, SocketAddr) {
 }
 
 #[test]
-fn connect_refused_and_connect_timeout() {
+fn connect_and_connect_timeout_fail_and_succeed_as_std_does() {
     // A port that is bound but not listening (a closed listener's port could be reused
     // by a test running in parallel).
     let (_reserved, addr) = bound_unlistened_port();
@@ -1241,7 +1241,7 @@ fn accept_pause_child() {
 
 #[test]
 fn accept_pauses_cooperatively_before_returning_emfile() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "accept_pause_child",
@@ -1253,15 +1253,7 @@ fn accept_pauses_cooperatively_before_returning_emfile() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child did not finish in 60 s");
-        }
-        std::thread::sleep(10 * MS);
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_within(child, "the child", Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -1685,7 +1677,7 @@ fn http_hello_closes_a_silent_half_request_at_its_idle_timeout() {
 }
 
 #[test]
-fn curl_against_http_hello() {
+fn curl_keeps_its_connection_to_http_hello_alive_and_speaks_http_1_0() {
     if Command::new("curl").arg("--version").output().is_err() {
         eprintln!("curl is not installed: skipped (.ci/run installs it)");
         return;
@@ -1720,20 +1712,7 @@ fn curl_against_http_hello() {
 
 #[test]
 fn download_all_example_prints_three_times() {
-    let mut child = Command::new(example("download_all"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("download_all did not finish in 60 s");
-        }
-        std::thread::sleep(10 * MS);
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_example("download_all", &[], Duration::from_secs(60));
     assert!(
         out.status.success(),
         "{}",

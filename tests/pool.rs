@@ -165,7 +165,7 @@ fn pool_spawn_is_cut_short_by_a_timeout_scope() {
 }
 
 #[test]
-fn wait_available() {
+fn wait_available_returns_the_free_count_once_a_slot_frees_or_times_out() {
     let pool = Pool::new(2);
     assert_eq!(pool.wait_available(None).unwrap(), 2);
     pool.spawn(|| sleep(10 * MS)).unwrap();
@@ -361,7 +361,7 @@ fn pool_of_zero_is_refused() {
     let _ = Pool::new(0);
 }
 
-// ---------------------------------------------------------------- the seed examples
+// ---------------------------------------------------------------- the ported Python examples
 
 #[test]
 fn pool_imap_example_prints_bodies_in_url_order() {

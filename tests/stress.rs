@@ -285,6 +285,14 @@ fn in_netns(ports: &str, script: &str) -> Option<std::process::Output> {
     Some(out)
 }
 
+/// Runs `script` under `sh`.
+fn sh(script: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .unwrap()
+}
+
 /// The first `n` lines of `s`, joined.
 fn first_lines(s: &str, n: usize) -> String {
     s.lines().take(n).collect::<Vec<_>>().join("\n")
@@ -372,10 +380,7 @@ fn stress_example_refuses_a_run_the_file_limit_cannot_hold() {
          --timeout 30",
         exe.display()
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = sh(&script);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success());
     assert!(stdout.contains("soft 300 / hard 300"), "{stdout}");
@@ -398,10 +403,7 @@ fn stress_example_splits_itself_under_a_low_file_limit() {
         "ulimit -n 300 && exec {} --connections 400 --messages 1 --timeout 60",
         exe.display()
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = sh(&script);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("-> 3 server processes"), "{stdout}");

@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::DropFlag;
 use greenhub::sync::{
     AsyncResult, BoundedSemaphore, Channel, Event, GetError, JoinableQueue, LifoQueue, Local, Lock,
     LockError, PriorityQueue, PutError, Queue, RLock, Semaphore,
@@ -14,13 +15,6 @@ use greenhub::sync::{
 use greenhub::{Error, Greenlet, JoinHandle, Timeout, joinall, sleep, spawn, with_timeout};
 
 const MS: Duration = Duration::from_millis(1);
-
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
 
 /// Lets every ready greenlet run until they are all parked again.
 fn settle() {
@@ -174,7 +168,7 @@ fn queue_is_fifo_and_unbounded_put_never_waits() {
 }
 
 #[test]
-fn lifo_and_priority_orders() {
+fn lifo_queue_gives_newest_first_and_priority_queue_smallest_first() {
     let q = LifoQueue::new();
     for i in [1, 2, 3] {
         q.put(i).unwrap();
@@ -515,7 +509,7 @@ fn channel_is_fifo_on_both_sides_and_skips_killed_waiters() {
 }
 
 #[test]
-fn channel_close() {
+fn closing_a_channel_ends_its_getters_and_gives_waiting_putters_their_items_back() {
     let ch = Channel::new();
     let (tx, rx) = (ch.clone(), ch.clone());
     let putter = spawn(move || tx.put("offered"));
@@ -830,10 +824,10 @@ fn local_values_of_plain_greenlets_are_swept_and_dropping_the_local_drops_all() 
     parked.kill();
 }
 
-// ---------------------------------------------------------------- the seed example
+// ---------------------------------------------------------------- the ported Python example
 
 #[test]
-fn producer_consumer_example_prints_what_seed_003_prints() {
+fn producer_consumer_example_puts_gets_and_consumes_on_the_pythons_schedule() {
     let out = common::run_example("producer_consumer", &[], Duration::from_secs(30));
     assert!(out.status.success());
     let out = String::from_utf8(out.stdout).unwrap();

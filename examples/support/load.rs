@@ -4,7 +4,8 @@
 //! one text field (`histogram`), table formatting (`fmt`), `/proc` readers (RSS, CPU
 //! time, file limits, open fds: `procfs`), plain-words explanations of the limits a load
 //! test hits (`limits`), connecting many times to one address (`connect`), and the
-//! closed-loop echo client of the echo benchmark (`bench_client`).
+//! closed-loop echo client of the echo benchmarks (`bench_client`), run as a process of
+//! its own (`client_process`).
 
 #![allow(dead_code, unused_imports)] // each includer uses its own part
 
@@ -12,6 +13,8 @@
 mod bench_client;
 #[path = "load/checksum.rs"]
 mod checksum;
+#[path = "load/client_process.rs"]
+mod client_process;
 #[path = "load/connect.rs"]
 mod connect;
 #[path = "load/fmt.rs"]
@@ -27,6 +30,7 @@ mod rng;
 
 pub use bench_client::{BenchResult, bench_client};
 pub use checksum::Checksum;
+pub use client_process::{CLIENT_ROLE, client_process_main, run_client_process};
 pub use connect::{
     CONNECTS_IN_FLIGHT, LOOPBACK_SOURCES, LOOPBACK_SOURCES_MAX, connect_from, connect_spread,
     loopback_source, spread_source,

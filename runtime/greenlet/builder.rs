@@ -1,4 +1,4 @@
-//! [`Builder`]: a greenlet's name, stack size and parent, set before it is created.
+//! [`GreenletBuilder`]: a greenlet's name, stack size and parent, set before it is created.
 
 use std::any::Any;
 use std::panic::Location;
@@ -12,35 +12,35 @@ use super::{Greenlet, LazyBody, NEXT_ID, Value};
 use crate::error::Error;
 
 /// Configures a greenlet before creating it: name, stack size, parent.
-#[derive(Default)]
-pub struct Builder {
+#[derive(Debug, Default)]
+pub struct GreenletBuilder {
     name: Option<String>,
     stack_size: Option<usize>,
     parent: Option<Greenlet>,
 }
 
-impl Builder {
+impl GreenletBuilder {
     /// A builder with no name, the thread's default stack size, and the running greenlet
     /// as the parent.
-    pub fn new() -> Builder {
-        Builder::default()
+    pub fn new() -> GreenletBuilder {
+        GreenletBuilder::default()
     }
 
     /// Names the greenlet (shown in reports and `Debug`).
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
+    pub fn name(mut self, name: impl Into<String>) -> GreenletBuilder {
         self.name = Some(name.into());
         self
     }
 
     /// The usable stack size in bytes (rounded up to pages, at least
     /// [`MIN_STACK_SIZE`](super::MIN_STACK_SIZE)).
-    pub fn stack_size(mut self, bytes: usize) -> Builder {
+    pub fn stack_size(mut self, bytes: usize) -> GreenletBuilder {
         self.stack_size = Some(bytes);
         self
     }
 
     /// The parent (default: the running greenlet).
-    pub fn parent(mut self, parent: &Greenlet) -> Builder {
+    pub fn parent(mut self, parent: &Greenlet) -> GreenletBuilder {
         self.parent = Some(parent.clone());
         self
     }
@@ -58,7 +58,7 @@ impl Builder {
         self.build_at(Location::caller(), f)
     }
 
-    /// [`build`](Builder::build), recording `spawned_at` as the place it was created
+    /// [`build`](GreenletBuilder::build), recording `spawned_at` as the place it was created
     /// (for layers that create greenlets on a user's behalf, from inside a closure).
     pub(crate) fn build_at<F, T>(self, spawned_at: &'static Location<'static>, f: F) -> Greenlet
     where
@@ -87,7 +87,7 @@ impl Builder {
         }))
     }
 
-    /// Like [`build_at`](Builder::build_at) for a greenlet that runs `body`, which it holds
+    /// Like [`build_at`](GreenletBuilder::build_at) for a greenlet that runs `body`, which it holds
     /// weakly until it starts (if `body` is gone by then, it returns `()` at once).
     ///
     /// Its stack is taken from the pool at its first switch, if the pool has a free stack

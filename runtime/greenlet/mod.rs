@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::Error;
 use switch::{Co, GreenYielder, Payload};
 
-pub use builder::Builder;
+pub use builder::GreenletBuilder;
 pub(crate) use spares::Spares;
 pub use stack::{DEFAULT_STACK_SIZE, GuardMode, MIN_STACK_SIZE, guard_mode};
 pub(crate) use switch::{is_forced_unwind, live_greenlets, signal_safe_identity};
@@ -97,7 +97,7 @@ pub(crate) struct Inner {
     parent: RefCell<Option<Greenlet>>,
     state: Cell<State>,
     co: RefCell<Option<Co>>,
-    /// The function of a greenlet made by [`Builder::build_lazy`] that has no coroutine
+    /// The function of a greenlet made by [`GreenletBuilder::build_lazy`] that has no coroutine
     /// yet (`co` is `None`): its first switch takes a stack and makes it.
     lazy: Cell<Option<Weak<dyn LazyBody>>>,
     yielder: Cell<*const GreenYielder>,
@@ -114,7 +114,7 @@ pub(crate) struct Inner {
 }
 
 /// The function of a greenlet whose stack and coroutine are only made at its first switch
-/// ([`Builder::build_lazy`]). The hub spawns greenlets this way: a greenlet spawned and
+/// ([`GreenletBuilder::build_lazy`]). The hub spawns greenlets this way: a greenlet spawned and
 /// not yet run holds no stack, so spawning many and then joining them reuses one warm
 /// stack instead of touching a new one per greenlet.
 pub(crate) trait LazyBody {
@@ -238,7 +238,7 @@ impl Greenlet {
         F: FnOnce(Value) -> Result<T, Error> + 'static,
         T: Any,
     {
-        Builder::new().build(f)
+        GreenletBuilder::new().build(f)
     }
 
     /// Like [`Greenlet::new`] with `parent` as the parent.
@@ -258,7 +258,7 @@ impl Greenlet {
         F: FnOnce(Value) -> Result<T, Error> + 'static,
         T: Any,
     {
-        Builder::new().parent(parent).build(f)
+        GreenletBuilder::new().parent(parent).build(f)
     }
 
     /// A builder to set the name, stack size or parent.
@@ -267,8 +267,8 @@ impl Greenlet {
     /// let g = greenhub::Greenlet::builder().name("worker").stack_size(64 * 1024).build(|_| Ok(()));
     /// assert_eq!(g.name(), Some("worker"));
     /// ```
-    pub fn builder() -> Builder {
-        Builder::new()
+    pub fn builder() -> GreenletBuilder {
+        GreenletBuilder::new()
     }
 
     /// The handle owning `inner`.
@@ -422,7 +422,7 @@ impl Greenlet {
         self.inner.id
     }
 
-    /// The name given by the [`Builder`]; the main greenlet is called `"main"`.
+    /// The name given by the [`GreenletBuilder`]; the main greenlet is called `"main"`.
     pub fn name(&self) -> Option<&str> {
         self.inner.name.as_deref()
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 /// What one thread publishes for the monitor.
-pub struct Probe {
+pub(crate) struct Probe {
     /// Switches made on this thread so far.
     pub(crate) switches: AtomicU64,
     /// Set by the monitor: the running greenlet has used up its time slice; cleared by

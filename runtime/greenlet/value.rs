@@ -73,6 +73,9 @@ impl Value {
 
     /// Takes the value out as a `T`, or gives the `Value` back if it holds another type.
     ///
+    /// # Errors
+    /// The `Value` itself, unchanged, if it does not hold a `T`.
+    ///
     /// ```
     /// let v = greenhub::Value::new("text");
     /// let v = v.downcast::<u8>().unwrap_err(); // not a u8: we get it back

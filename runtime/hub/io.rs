@@ -104,14 +104,9 @@ impl Slot {
     }
 }
 
-#[allow(dead_code)] // the net layer (issue 5) is their user
 impl Hub {
-    /// Registers `source` for read and write readiness; returns its token.
-    pub(crate) fn register_io(&self, source: &mut impl mio::event::Source) -> io::Result<usize> {
-        self.register_io_fd(source, -1)
-    }
-
-    /// Like [`register_io`](Hub::register_io), naming the fd for `dump()`.
+    /// Registers `source` for read and write readiness, naming its fd for `dump()`;
+    /// returns its token.
     pub(crate) fn register_io_fd(
         &self,
         source: &mut impl mio::event::Source,
@@ -258,7 +253,6 @@ impl Hub {
     }
 }
 
-#[allow(dead_code)]
 struct IoWaitCleanup<'a> {
     hub: &'a Hub,
     token: usize,

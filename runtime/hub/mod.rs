@@ -5,7 +5,7 @@
 //! runs the ready greenlets, polls `mio` for I/O readiness, fires timers and takes work
 //! posted from other threads, and switches back into each greenlet when its wait ends.
 //! The hub is created on first use; its parent is the thread's main greenlet, so plain
-//! `fn main` code can block on it with no set-up (law 3).
+//! `fn main` code can block on it with no set-up.
 //!
 //! ```
 //! use std::time::Duration;
@@ -16,11 +16,11 @@
 //! assert_eq!(h.join().unwrap(), "slept");
 //! ```
 
-mod dump;
 mod io;
 pub(crate) mod raw;
 mod remote;
 mod round;
+mod run_info;
 mod spawn;
 mod task;
 mod timer;
@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::greenlet::{Greenlet, GreenletExit, getcurrent};
 
-pub use dump::{dump, install_dump_signal};
 pub use io::Direction;
 pub use remote::{HubHandle, ResultReceiver, ResultSender, result_channel};
-pub use spawn::{Builder, JoinHandle, joinall, killall, spawn, spawn_later};
+pub use run_info::{dump, install_dump_signal};
+pub use spawn::{JoinHandle, SpawnBuilder, joinall, killall, spawn, spawn_later};
 pub(crate) use task::{Scope, SpareTasks, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
@@ -158,7 +158,7 @@ impl Hub {
                 });
         let probe = crate::greenlet::probe::current();
         let remote = Arc::new(remote::Remote::new(waker, probe.clone()));
-        dump::register_hub(&remote);
+        run_info::register_hub(&remote);
         if let Some(probe) = &probe {
             // Until the hub runs anything, the greenlet that made it is the one running.
             let me = getcurrent();
@@ -207,7 +207,7 @@ impl Hub {
     fn tear_down(&self) {
         raw::forget_hub_thread();
         self.spare_tasks.clear();
-        dump::unregister_hub(&self.remote);
+        run_info::unregister_hub(&self.remote);
         self.remote.close();
         if let Some(p) = &self.probe {
             p.has_hub.store(false, std::sync::atomic::Ordering::Relaxed);

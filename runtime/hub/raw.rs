@@ -11,6 +11,7 @@
 //! A descriptor is registered with the hub of the thread that first waited on it; closing
 //! it from another thread goes through [`close_elsewhere`], which deregisters it from that
 //! hub's `epoll` before the descriptor is closed and wakes that hub's waiters.
+// Only the libc hooks wait here; without them the hub still keeps the thread list.
 #![cfg_attr(not(feature = "monkey"), allow(dead_code))]
 
 use std::cell::Cell;

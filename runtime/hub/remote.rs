@@ -124,7 +124,7 @@ impl Remote {
             self.taken();
             match msg {
                 RemoteMsg::Spawn(job) => {
-                    super::spawn::Builder::new()
+                    super::spawn::SpawnBuilder::new()
                         .name("remote")
                         .spawn_on(hub, job);
                 }
@@ -307,6 +307,13 @@ impl<T> ResultSender<T> {
     }
 }
 
+impl<T> fmt::Debug for ResultSender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self.shared.as_ref().map(|s| s.key);
+        f.debug_struct("ResultSender").field("key", &key).finish()
+    }
+}
+
 impl<T> Drop for ResultSender<T> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
@@ -343,6 +350,22 @@ impl<T> ResultReceiver<T> {
             }
             hub.park(&waiter, None)?;
         }
+    }
+}
+
+impl<T> fmt::Debug for ResultReceiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match *state {
+            SlotState::Empty => "waiting",
+            SlotState::Full(_) => "sent",
+            SlotState::Taken => "received",
+            SlotState::SenderGone => "sender gone",
+        };
+        f.debug_struct("ResultReceiver")
+            .field("key", &self.shared.key)
+            .field("state", &state)
+            .finish()
     }
 }
 

@@ -102,30 +102,30 @@ impl<T, S: ?Sized> Completion<T, S> {
 /// Configures a greenlet before spawning it on the hub: name and stack size.
 ///
 /// ```
-/// let h = greenhub::hub::Builder::new().name("worker").spawn(|| 1 + 1);
+/// let h = greenhub::SpawnBuilder::new().name("worker").spawn(|| 1 + 1);
 /// assert_eq!(h.name(), Some("worker"));
 /// assert_eq!(h.join().unwrap(), 2);
 /// ```
-#[derive(Default)]
-pub struct Builder {
+#[derive(Debug, Default)]
+pub struct SpawnBuilder {
     /// The greenlet's settings; `create` adds the hub as the parent.
-    greenlet: greenlet::Builder,
+    greenlet: greenlet::GreenletBuilder,
 }
 
-impl Builder {
+impl SpawnBuilder {
     /// A builder with no name and the thread's default stack size.
-    pub fn new() -> Builder {
-        Builder::default()
+    pub fn new() -> SpawnBuilder {
+        SpawnBuilder::default()
     }
 
     /// Names the greenlet (shown in panic reports, the monitor and `dump()`).
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
+    pub fn name(mut self, name: impl Into<String>) -> SpawnBuilder {
         self.greenlet = self.greenlet.name(name);
         self
     }
 
     /// The usable stack size in bytes.
-    pub fn stack_size(mut self, bytes: usize) -> Builder {
+    pub fn stack_size(mut self, bytes: usize) -> SpawnBuilder {
         self.greenlet = self.greenlet.stack_size(bytes);
         self
     }
@@ -170,7 +170,7 @@ impl Builder {
         self.spawn_at(hub, Location::caller(), f)
     }
 
-    /// [`spawn_on`](Builder::spawn_on), recording `location` as where it was spawned.
+    /// [`spawn_on`](SpawnBuilder::spawn_on), recording `location` as where it was spawned.
     fn spawn_at<F, T>(self, hub: &Hub, location: &'static Location<'static>, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + 'static,
@@ -254,7 +254,7 @@ where
     F: FnOnce() -> T + 'static,
     T: 'static,
 {
-    Builder::new().spawn(f)
+    SpawnBuilder::new().spawn(f)
 }
 
 /// Spawns `f` to start after `delay` (gevent's `spawn_later`).
@@ -272,7 +272,7 @@ where
     F: FnOnce() -> T + 'static,
     T: 'static,
 {
-    Builder::new().spawn_later(delay, f)
+    SpawnBuilder::new().spawn_later(delay, f)
 }
 
 /// A handle to a spawned greenlet: join it, kill it, ask whether it has finished.
@@ -542,7 +542,7 @@ mod tests {
         let g1 = first.join().unwrap();
         let id1 = g1.id();
         drop(g1); // dead, last handle: its record is kept for reuse
-        let h = crate::hub::Builder::new()
+        let h = crate::hub::SpawnBuilder::new()
             .name("second")
             .spawn(crate::getcurrent);
         let g2 = h.join().unwrap();

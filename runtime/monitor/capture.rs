@@ -276,8 +276,9 @@ fn send(tid: libc::pid_t) -> bool {
         errno: 0,
         code: libc::SI_QUEUE,
         _pad: 0,
-        // SAFETY: getpid and getuid have no preconditions.
+        // SAFETY: getpid has no preconditions.
         pid: unsafe { libc::getpid() },
+        // SAFETY: getuid has no preconditions.
         uid: unsafe { libc::getuid() },
         value: cookie(),
         _rest: [0; 128 - 32],

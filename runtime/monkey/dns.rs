@@ -47,7 +47,7 @@ struct Hints {
 /// # Safety
 /// As `getaddrinfo(3)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn getaddrinfo(
+pub(crate) unsafe extern "C" fn getaddrinfo(
     node: *const c_char,
     service: *const c_char,
     hints: *const addrinfo,

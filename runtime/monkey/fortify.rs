@@ -16,7 +16,7 @@ unsafe extern "C" {
 /// # Safety
 /// As `read(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn __read_chk(
+pub(crate) unsafe extern "C" fn __read_chk(
     fd: c_int,
     buf: *mut c_void,
     nbytes: size_t,
@@ -35,7 +35,7 @@ pub unsafe extern "C" fn __read_chk(
 /// # Safety
 /// As `recv(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn __recv_chk(
+pub(crate) unsafe extern "C" fn __recv_chk(
     fd: c_int,
     buf: *mut c_void,
     len: size_t,
@@ -55,7 +55,7 @@ pub unsafe extern "C" fn __recv_chk(
 /// # Safety
 /// As `recvfrom(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn __recvfrom_chk(
+pub(crate) unsafe extern "C" fn __recvfrom_chk(
     fd: c_int,
     buf: *mut c_void,
     len: size_t,
@@ -77,7 +77,7 @@ pub unsafe extern "C" fn __recvfrom_chk(
 /// # Safety
 /// As `poll(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn __poll_chk(
+pub(crate) unsafe extern "C" fn __poll_chk(
     fds: *mut pollfd,
     nfds: nfds_t,
     timeout: c_int,
@@ -96,7 +96,7 @@ pub unsafe extern "C" fn __poll_chk(
 /// # Safety
 /// As `ppoll(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn __ppoll_chk(
+pub(crate) unsafe extern "C" fn __ppoll_chk(
     fds: *mut pollfd,
     nfds: nfds_t,
     timeout: *const timespec,

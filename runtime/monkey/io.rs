@@ -19,7 +19,7 @@ use super::real;
 /// # Safety
 /// As `read(2)`: `buf` is valid for writes of `count` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+pub(crate) unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     if mode() != OFF
         && let Some(mut b) = plan(fd)
     {
@@ -35,7 +35,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
 /// # Safety
 /// As `readv(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+pub(crate) unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
     if mode() != OFF
         && let Some(mut b) = plan(fd)
     {
@@ -51,7 +51,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> s
 /// # Safety
 /// As `write(2)`: `buf` is valid for reads of `count` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+pub(crate) unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     if mode() != OFF
         && let Some(mut b) = plan(fd)
     {
@@ -71,7 +71,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
 /// # Safety
 /// As `writev(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+pub(crate) unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
     if mode() != OFF
         && let Some(mut b) = plan(fd)
     {
@@ -101,7 +101,12 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
 /// # Safety
 /// As `recv(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+pub(crate) unsafe extern "C" fn recv(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
     if mode() != OFF
         && flags & libc::MSG_DONTWAIT == 0
         && let Some(mut b) = plan(fd)
@@ -120,7 +125,7 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c
 /// # Safety
 /// As `recvfrom(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn recvfrom(
+pub(crate) unsafe extern "C" fn recvfrom(
     fd: c_int,
     buf: *mut c_void,
     len: size_t,
@@ -156,7 +161,7 @@ pub unsafe extern "C" fn recvfrom(
 /// # Safety
 /// As `recvmsg(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+pub(crate) unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     if mode() != OFF
         && flags & libc::MSG_DONTWAIT == 0
         && let Some(mut b) = plan(fd)
@@ -201,7 +206,12 @@ fn receive(
 /// # Safety
 /// As `send(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+pub(crate) unsafe extern "C" fn send(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
     if mode() != OFF
         && flags & libc::MSG_DONTWAIT == 0
         && let Some(mut b) = plan(fd)
@@ -224,7 +234,7 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags:
 /// # Safety
 /// As `sendto(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendto(
+pub(crate) unsafe extern "C" fn sendto(
     fd: c_int,
     buf: *const c_void,
     len: size_t,
@@ -263,7 +273,7 @@ pub unsafe extern "C" fn sendto(
 /// # Safety
 /// As `sendmsg(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+pub(crate) unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     if mode() != OFF
         && flags & libc::MSG_DONTWAIT == 0
         && let Some(mut b) = plan(fd)
@@ -298,7 +308,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
 /// # Safety
 /// As `sendfile(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendfile(
+pub(crate) unsafe extern "C" fn sendfile(
     out_fd: c_int,
     in_fd: c_int,
     offset: *mut off_t,
@@ -325,7 +335,7 @@ pub unsafe extern "C" fn sendfile(
 /// # Safety
 /// As `sendfile(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendfile64(
+pub(crate) unsafe extern "C" fn sendfile64(
     out_fd: c_int,
     in_fd: c_int,
     offset: *mut off_t,
@@ -341,7 +351,7 @@ pub unsafe extern "C" fn sendfile64(
 /// # Safety
 /// As `splice(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn splice(
+pub(crate) unsafe extern "C" fn splice(
     fd_in: c_int,
     off_in: *mut loff_t,
     fd_out: c_int,

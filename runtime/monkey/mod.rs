@@ -155,7 +155,7 @@ use std::sync::Once;
 
 /// Every hook, referenced from [`patch_all`] so that the linker keeps them all in a
 /// binary that calls nothing else of this module.
-struct Hooks(#[allow(dead_code)] &'static [*const ()]);
+struct Hooks(&'static [*const ()]);
 
 // SAFETY: function addresses, never written and never dereferenced as data.
 unsafe impl Sync for Hooks {}
@@ -238,7 +238,7 @@ extern "C" fn child_after_fork() {
 /// ```
 pub fn patch_all() -> bool {
     static ONCE: Once = Once::new();
-    std::hint::black_box(&HOOKS);
+    std::hint::black_box(HOOKS.0);
     ONCE.call_once(|| {
         if std::env::var_os("GREENHUB_MONKEY").is_some_and(|v| v.eq_ignore_ascii_case("off")) {
             return;

@@ -23,7 +23,7 @@ use crate::hub::{Hub, Wake};
 /// # Safety
 /// As `poll(2)`: `fds` is valid for `nfds` entries.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+pub(crate) unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let real_poll = |t: c_int| unsafe { real::poll()(fds, nfds, t) };
     if timeout == 0 || mode() == OFF || !context::may_cooperate() {
@@ -46,7 +46,7 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
 /// # Safety
 /// As `ppoll(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ppoll(
+pub(crate) unsafe extern "C" fn ppoll(
     fds: *mut pollfd,
     nfds: nfds_t,
     timeout: *const timespec,
@@ -93,7 +93,7 @@ pub unsafe extern "C" fn ppoll(
 /// # Safety
 /// As `select(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn select(
+pub(crate) unsafe extern "C" fn select(
     nfds: c_int,
     readfds: *mut fd_set,
     writefds: *mut fd_set,

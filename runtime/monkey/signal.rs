@@ -61,7 +61,7 @@ extern "C" fn trampoline(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
 /// # Safety
 /// As `sigaction(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sigaction(
+pub(crate) unsafe extern "C" fn sigaction(
     sig: c_int,
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
@@ -122,7 +122,7 @@ unsafe fn install(i: usize, act: *const libc::sigaction, old: *mut libc::sigacti
 /// # Safety
 /// As `signal(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
+pub(crate) unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
     if mode() == OFF {
         // SAFETY: the caller's arguments, unchanged.
         return unsafe { real::signal()(sig, handler) };

@@ -44,7 +44,7 @@ fn cooperative_sleep(d: Duration) -> bool {
 /// # Safety
 /// None (it takes no pointers).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sleep(seconds: c_uint) -> c_uint {
+pub(crate) unsafe extern "C" fn sleep(seconds: c_uint) -> c_uint {
     if cooperative_sleep(Duration::from_secs(seconds.into())) {
         return 0;
     }
@@ -57,7 +57,7 @@ pub unsafe extern "C" fn sleep(seconds: c_uint) -> c_uint {
 /// # Safety
 /// None (it takes no pointers).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn usleep(usec: useconds_t) -> c_int {
+pub(crate) unsafe extern "C" fn usleep(usec: useconds_t) -> c_int {
     if cooperative_sleep(Duration::from_micros(usec.into())) {
         return 0;
     }
@@ -70,7 +70,7 @@ pub unsafe extern "C" fn usleep(usec: useconds_t) -> c_int {
 /// # Safety
 /// As `nanosleep(2)`: `req` is valid; `rem` is null or valid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
+pub(crate) unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
     if mode() != OFF
         && !req.is_null()
         // SAFETY: the caller's valid timespec.
@@ -88,7 +88,7 @@ pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> 
 /// # Safety
 /// As `clock_nanosleep(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn clock_nanosleep(
+pub(crate) unsafe extern "C" fn clock_nanosleep(
     clock: clockid_t,
     flags: c_int,
     req: *const timespec,

@@ -20,7 +20,11 @@ const SO_SNDTIMEO_NEW: c_int = 67;
 /// # Safety
 /// As `accept(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+pub(crate) unsafe extern "C" fn accept(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
     if mode() == OFF {
         // SAFETY: the caller's arguments, unchanged.
         return unsafe { real::accept()(fd, addr, len) };
@@ -34,7 +38,7 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 /// # Safety
 /// As `accept4(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn accept4(
+pub(crate) unsafe extern "C" fn accept4(
     fd: c_int,
     addr: *mut sockaddr,
     len: *mut socklen_t,
@@ -98,7 +102,7 @@ unsafe fn accept_with(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
 /// # Safety
 /// As `connect(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+pub(crate) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if mode() != OFF
         && let Some(mut b) = plan(fd)
     {
@@ -189,7 +193,7 @@ fn finish_connect(b: &mut Blocking, fd: c_int) -> c_int {
 /// # Safety
 /// None beyond `socket(2)`'s (it takes no pointers).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+pub(crate) unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     if mode() == OFF {
         // SAFETY: plain integers.
         return unsafe { real::socket()(domain, ty, protocol) };
@@ -216,7 +220,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// # Safety
 /// As `socketpair(2)`: `sv` is valid for two ints.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn socketpair(
+pub(crate) unsafe extern "C" fn socketpair(
     domain: c_int,
     ty: c_int,
     protocol: c_int,
@@ -292,7 +296,7 @@ fn copy_entry(from: c_int, to: c_int) {
 /// # Safety
 /// None beyond `close(2)`'s.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+pub(crate) unsafe extern "C" fn close(fd: c_int) -> c_int {
     if mode() != OFF {
         forget(fd);
     }
@@ -305,7 +309,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// # Safety
 /// None beyond `dup(2)`'s.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dup(old: c_int) -> c_int {
+pub(crate) unsafe extern "C" fn dup(old: c_int) -> c_int {
     // SAFETY: a plain integer.
     let new = unsafe { real::dup()(old) };
     if new >= 0 && mode() != OFF {
@@ -319,7 +323,7 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
 /// # Safety
 /// None beyond `dup2(2)`'s.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+pub(crate) unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: plain integers.
     let real_dup2 = || unsafe { real::dup2()(old, new) };
     if mode() == OFF || old == new || !is_open(old) {
@@ -338,7 +342,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 /// # Safety
 /// None beyond `dup3(2)`'s.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+pub(crate) unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: plain integers.
     let real_dup3 = || unsafe { real::dup3()(old, new, flags) };
     if mode() == OFF || old == new || !is_open(old) {
@@ -367,7 +371,7 @@ fn is_open(fd: c_int) -> bool {
 /// # Safety
 /// As `fcntl(2)`: `arg` is what `cmd` expects.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+pub(crate) unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     // SAFETY: on x86_64 System V a variadic callee reads the third integer argument from
     // the same register as a fixed `usize` parameter; a caller that passed none left a
     // value the commands without an argument never read. It goes on to the real
@@ -381,7 +385,7 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 /// # Safety
 /// As [`fcntl`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+pub(crate) unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     // SAFETY: as in `fcntl`.
     unsafe { fcntl_with(fd, cmd, arg) }
 }
@@ -462,7 +466,7 @@ fn set_user_mode(fd: c_int, e: &fdtable::Entry, st: fdtable::State, nonblocking:
 /// # Safety
 /// As `ioctl(2)`: `arg` is what `request` expects (an `int *` for `FIONBIO`).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: usize) -> c_int {
+pub(crate) unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: usize) -> c_int {
     // SAFETY: as in `fcntl`: the third integer argument's register either way, passed on
     // to the real (variadic) ioctl as it came.
     let real_ioctl = |arg: usize| unsafe { real::ioctl()(fd, request, arg) };
@@ -495,7 +499,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: usize) -> c_int
 /// # Safety
 /// As `setsockopt(2)`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn setsockopt(
+pub(crate) unsafe extern "C" fn setsockopt(
     fd: c_int,
     level: c_int,
     name: c_int,

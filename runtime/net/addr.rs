@@ -146,7 +146,7 @@ pub fn lookup_host<T: ToSocketAddrs>(host: T) -> io::Result<T::Iter> {
 /// The first IPv4 address of `host` (gevent's `socket.gethostbyname`), resolved without
 /// blocking the hub. A literal address is returned as is.
 ///
-/// The seed program, spawning one lookup per name:
+/// gevent's classic example, spawning one lookup per name:
 ///
 /// ```
 /// use greenhub::{joinall, net::gethostbyname, spawn};

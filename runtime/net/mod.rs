@@ -35,8 +35,9 @@
 //! - **A socket belongs to the hub of the thread that created it.** It is registered with
 //!   that hub's `epoll` when it is created (accepted, connected, bound or converted with
 //!   `From<std::…>`) and deregistered when its last handle is dropped. Like greenlets,
-//!   greenhub sockets are `!Send` (law 1); to hand a connection to another thread,
-//!   `into_raw_fd` it and rebuild it there (or use a std socket there).
+//!   greenhub sockets are `!Send` (they never leave their hub's thread); to hand a
+//!   connection to another thread, `into_raw_fd` it and rebuild it there (or use a std
+//!   socket there).
 //!
 //!   ```compile_fail
 //!   fn needs_send<T: Send>(_: T) {}

@@ -601,7 +601,7 @@ queue_type! {
     /// producer.join().unwrap();
     /// ```
     ///
-    /// Joinable, as in seed 003's producer/consumer:
+    /// Joinable, as in asyncio's producer/consumer:
     ///
     /// ```
     /// use greenhub::{spawn, sync::JoinableQueue};

@@ -2,7 +2,7 @@
 //!
 //! Some work cannot be made cooperative: `getaddrinfo`, file I/O, a long computation.
 //! [`spawn_blocking`] runs it on a pool thread while the calling greenlet waits and the
-//! other greenlets keep running (law 2: the hub is the only place a thread blocks).
+//! other greenlets keep running (the hub is the only place a thread blocks).
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -45,6 +45,19 @@ fn default_size() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(10)
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("ThreadPool")
+            .field("name", &self.shared.name)
+            .field("max_threads", &self.shared.max_threads)
+            .field("threads", &state.threads)
+            .field("idle", &state.idle)
+            .field("queued", &state.queue.len())
+            .finish()
+    }
 }
 
 impl ThreadPool {

@@ -91,6 +91,15 @@ impl Timeout {
     }
 }
 
+impl std::fmt::Debug for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeout")
+            .field("deadline", &self.deadline)
+            .field("fired", &self.fired.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Timeout {
     fn drop(&mut self) {
         self.task.scopes.borrow_mut().retain(|s| s.id != self.id);

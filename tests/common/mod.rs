@@ -1,8 +1,15 @@
-//! Helpers shared by the integration tests: finding and running the example binaries.
-#![allow(dead_code)] // each test file uses only some of these
+//! Helpers shared by the integration tests: finding and running the example binaries,
+//! drop guards, a recording trace hook.
+#![allow(dead_code, unused_imports)] // each test file uses only some of these
+
+mod drops;
+mod trace;
+
+pub use drops::{DropFlag, OnDrop};
+pub use trace::{Trace, record_trace};
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// target/<profile>/examples/<name>, next to the test's own binary in target/<profile>/deps.
@@ -30,17 +37,23 @@ pub fn example(name: &str) -> PathBuf {
 
 /// Runs an example with `args` to completion, killing it (and failing) after `limit`.
 pub fn run_example(name: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(example(name))
+    let child = Command::new(example(name))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    output_within(child, name, limit)
+}
+
+/// Waits for `child` to exit and returns its output, killing it (and failing, naming it
+/// `what`) after `limit`.
+pub fn output_within(mut child: Child, what: &str, limit: Duration) -> Output {
     let t = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if t.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("{name} still running after {limit:?}");
+            let _ = child.kill();
+            panic!("{what} did not finish in {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }

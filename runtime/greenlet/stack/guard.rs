@@ -219,7 +219,7 @@ mod tests {
         match scenario.as_str() {
             "touchguard" => {
                 let stack = pool.get(MIN_STACK_SIZE).unwrap();
-                // SAFETY (test): deliberately touching the guard page must fault.
+                // SAFETY: deliberately touching the guard page must fault.
                 unsafe { ptr::read_volatile(stack.limit().get() as *const u8) };
             }
             "nobatch" => {
@@ -229,32 +229,32 @@ mod tests {
                 let n = 64 + RELEASE_BATCH;
                 let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
                 let top = stacks[0].base().get() - 1;
-                // SAFETY (test): the top usable byte of an owned stack.
+                // SAFETY: the top usable byte of an owned stack.
                 unsafe { ptr::write_volatile(top as *mut u8, 1) };
                 let guard = stacks[39].limit().get();
                 drop(stacks);
-                // SAFETY (test): a released free slot's usable area, mapped and unused.
+                // SAFETY: a released free slot's usable area, mapped and unused.
                 assert_eq!(unsafe { ptr::read_volatile(top as *const u8) }, 0);
                 assert_eq!(BATCH_STATE.load(Ordering::Relaxed), 2);
-                // SAFETY (test): deliberately touching a guard page must fault.
+                // SAFETY: deliberately touching a guard page must fault.
                 unsafe { ptr::read_volatile(guard as *const u8) };
             }
             "touchbatchguard" => {
                 // The 40th stack's guard was installed with 31 others in one call.
                 let stacks: Vec<_> = (0..40).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
-                // SAFETY (test): deliberately touching the guard page must fault.
+                // SAFETY: deliberately touching the guard page must fault.
                 unsafe { ptr::read_volatile(stacks[39].limit().get() as *const u8) };
             }
             "dontneed" => {
                 // Guard markers must survive DONTNEED over the whole slot.
                 let stack = pool.get(MIN_STACK_SIZE).unwrap();
                 let len = stack.usable_size() + page_size();
-                // SAFETY (test): the slot is ours; its contents are not needed.
+                // SAFETY: the slot is ours; its contents are not needed.
                 let rc = unsafe {
                     libc::madvise(stack.limit().get() as *mut _, len, libc::MADV_DONTNEED)
                 };
                 assert_eq!(rc, 0);
-                // SAFETY (test): deliberately touching the guard page must fault.
+                // SAFETY: deliberately touching the guard page must fault.
                 unsafe { ptr::read_volatile(stack.limit().get() as *const u8) };
             }
             other => panic!("unknown scenario {other}"),

@@ -263,9 +263,9 @@ mod tests {
             let mut stack = pool.get(MIN_STACK_SIZE).unwrap();
             stack.set_owner(3, "héllo-wörld-with-a-rather-long-name-that-gets-cut");
             let (lo, hi) = (stack.limit().get() + page_size(), stack.base().get());
-            // SAFETY (test): the usable area below base() is ours and unused.
+            // SAFETY: the usable area below base() is ours and unused.
             unsafe { ptr::write_bytes(lo as *mut u8, 0xAB, hi - lo) };
-            // SAFETY (test): reading back the header written by set_owner.
+            // SAFETY: reading back the header written by set_owner.
             let h = unsafe { ptr::read((hi) as *const Header) };
             assert_eq!(
                 (h.magic, h.id, h.usable_size),

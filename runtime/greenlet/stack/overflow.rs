@@ -280,7 +280,7 @@ mod tests {
     /// Runs `f(arg)` on a raw pthread (no std setup, so no alternate signal stack)
     /// and returns its result.
     fn run_pthread(f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, arg: usize) -> usize {
-        // SAFETY (test): plain pthread_create/join with a valid entry point; the
+        // SAFETY: plain pthread_create/join with a valid entry point; the
         // thread handle is joined before returning.
         unsafe {
             let mut t: libc::pthread_t = std::mem::zeroed();
@@ -296,8 +296,9 @@ mod tests {
 
     /// Installs the handler on this thread; returns the alternate stack's address.
     extern "C" fn alt_stack_probe(_: *mut libc::c_void) -> *mut libc::c_void {
-        // SAFETY (test): all-zero stack_t is valid; a null `ss` only queries.
+        // SAFETY: all-zero stack_t is valid; a null `ss` only queries.
         let mut cur: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a null `ss` only queries, into `cur`.
         unsafe { libc::sigaltstack(ptr::null(), &mut cur) };
         assert_ne!(
             cur.ss_flags & libc::SS_DISABLE,
@@ -305,7 +306,7 @@ mod tests {
             "raw pthread already has one"
         );
         install_overflow_handler();
-        // SAFETY (test): as above.
+        // SAFETY: a null `ss` only queries, into `cur`.
         unsafe { libc::sigaltstack(ptr::null(), &mut cur) };
         assert_eq!((cur.ss_flags, cur.ss_size), (0, ALT_STACK_SIZE));
         cur.ss_sp
@@ -354,7 +355,7 @@ mod tests {
             "otherfault" => {
                 install_overflow_handler();
                 let _keep = pool.get(MIN_STACK_SIZE).unwrap();
-                // SAFETY (test): a PROT_NONE page outside our arenas; reading it faults.
+                // SAFETY: a PROT_NONE page outside our arenas; reading it faults.
                 unsafe {
                     let p = libc::mmap(
                         ptr::null_mut(),
@@ -371,7 +372,7 @@ mod tests {
                 // A thread std did not create has no alternate signal stack: ours is
                 // made on demand and unmapped at thread exit.
                 let ss_sp = run_pthread(alt_stack_probe, 0);
-                // SAFETY (test): msync only inspects the mapping state of the range.
+                // SAFETY: msync only inspects the mapping state of the range.
                 let rc = unsafe { libc::msync(ss_sp as *mut _, page_size(), libc::MS_ASYNC) };
                 assert_eq!(rc, -1, "alt stack still mapped after thread exit");
                 eprintln!("alt stack freed");

@@ -472,11 +472,11 @@ mod tests {
         pool.inner.borrow_mut().hot_limit = HOT_LIMIT;
         let stacks: Vec<_> = (0..n).map(|_| pool.get(MIN_STACK_SIZE).unwrap()).collect();
         for s in &stacks {
-            // SAFETY (test): the top usable byte of an owned stack.
+            // SAFETY: the top usable byte of an owned stack.
             unsafe { ptr::write_volatile((s.base().get() - 1) as *mut u8, 1) };
         }
         let top_byte = |slot: usize| {
-            // SAFETY (test): reading a free slot's usable area, mapped and unused.
+            // SAFETY: reading a free slot's usable area, mapped and unused.
             unsafe {
                 ptr::read_volatile(
                     (slot + page_size() + MIN_STACK_SIZE - HEADER_SIZE - 1) as *const u8,

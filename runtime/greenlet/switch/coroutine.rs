@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::greenlet::stack::Stack;
 use crate::greenlet::{GreenletExit, Inner, LazyBody, State, Value};
 
-/// Makes the coroutine of the unstarted greenlet `ti`, built by `Builder::build_lazy`:
+/// Makes the coroutine of the unstarted greenlet `ti`, built by `GreenletBuilder::build_lazy`:
 /// takes a stack from the pool for it. If none can be mapped, `ti` dies without running
 /// and `Err` carries what goes to its parent.
 #[inline(never)]
@@ -38,7 +38,7 @@ pub(super) fn make_lazy(ti: &Inner) -> Result<Co, Payload> {
     }
 }
 
-/// The coroutine of a greenlet built by `Builder::build_lazy`: it runs `body` if `body`
+/// The coroutine of a greenlet built by `GreenletBuilder::build_lazy`: it runs `body` if `body`
 /// still exists when it starts (it holds it weakly until then), else returns `()`.
 pub(crate) fn lazy_coroutine(stack: Stack, body: Weak<dyn LazyBody>) -> Co {
     new_coroutine(stack, move |v| match body.upgrade() {
@@ -84,8 +84,9 @@ pub(crate) fn recycle(mut co: Co) {
         }
         Err(_) => Err(stack),
     }) {
-        // The pool is busy (cannot happen today) or gone: leak the slot rather than free it
-        // under someone's feet.
+        // The pool is borrowed (cannot happen today): leak the slot rather than free it
+        // under someone's feet. (When the thread's state is gone the closure is never
+        // called and drops `stack`, whose own `Drop` gives the slot back to its pool.)
         std::mem::forget(stack);
     }
 }

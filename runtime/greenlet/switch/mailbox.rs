@@ -243,11 +243,14 @@ impl Hot {
         // made for this kind with `Box::into_raw`, not taken since (one take per post);
         // each arm rebuilds the box it came from, and only those arms read `data`.
         let payload = match flags & KIND_MASK {
+            // SAFETY: as above, for a value.
             KIND_VALUE => Payload::Value(unsafe { self.value(flags) }),
+            // SAFETY: as above, for the `Box<Error>` of a throw.
             KIND_THROW => Payload::Throw(unsafe { Box::from_raw(self.data.get() as *mut Error) }),
             KIND_KILL => Payload::Kill,
             _ => {
                 let data = self.data.get() as *mut Box<dyn Any + Send>;
+                // SAFETY: as above, for the `Box<Box<dyn Any + Send>>` of a panic.
                 Payload::Panic(*unsafe { Box::from_raw(data) })
             }
         };

@@ -129,7 +129,7 @@ fn suspend_with(me: &Inner, h: &Hot, post: impl FnOnce(&Hot)) {
 }
 
 /// [`fast_resume`] of the unstarted greenlet `tp`: its first switch. A greenlet made by
-/// `Builder::build_lazy` gets its coroutine here. Same contract as `fast_resume`. (Kept
+/// `GreenletBuilder::build_lazy` gets its coroutine here. Same contract as `fast_resume`. (Kept
 /// out of line, so that the switch to a suspended greenlet stays as lean as it can be.)
 #[inline(never)]
 fn fast_start(h: &Hot, me: *const Inner, tp: *const Inner, value: Value) -> Result<Value, Error> {

@@ -38,7 +38,7 @@ pub(crate) struct ThreadState {
     pub(crate) default_stack_size: Cell<usize>,
     /// Dead greenlets' `Inner`s kept for reuse.
     pub(crate) spares: RefCell<Spares>,
-    /// Greenlets made by `Builder::build_lazy` that have not got their stack yet. While
+    /// Greenlets made by `GreenletBuilder::build_lazy` that have not got their stack yet. While
     /// the pool holds more free stacks than that, new ones wait for theirs too.
     pub(crate) lazy_waiting: Cell<usize>,
     /// Every greenlet record allocated on this thread and not freed yet (pointers from
