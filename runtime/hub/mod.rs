@@ -795,6 +795,12 @@ pub(crate) fn sleep_until(deadline: Instant) -> Result<(), Error> {
 }
 
 /// Lets every other ready greenlet run once, then returns (`sleep(0)`).
+///
+/// Inlined into its callers (with [`park`](Hub::park)), so that the switch back lands in
+/// the frame that yielded: the return stack buffer holds the other greenlet's frames
+/// after a switch, and each return between the switch and the caller's code would be
+/// mispredicted (a yield ping-pong costs a third less so).
+#[inline(always)]
 pub(crate) fn yield_now() -> Result<(), Error> {
     let hub = current_hub();
     let waiter = hub.begin_wait_on(WaitOn::Turn);
