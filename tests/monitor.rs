@@ -615,6 +615,64 @@ fn a_hub_thread_gets_a_64_kib_alternate_signal_stack() {
 }
 
 #[test]
+fn a_thread_that_runs_greenlets_without_a_hub_gets_a_64_kib_alternate_signal_stack() {
+    std::thread::spawn(|| {
+        let std_one = alt_stack();
+        let main = getcurrent();
+        let g = greenhub::Greenlet::new(move |_| main.switch(()).map(|_| ()));
+        g.switch(()).unwrap();
+        let ours = alt_stack();
+        assert!(
+            ours.is_some_and(|(_, size)| size >= 64 * 1024),
+            "{std_one:?} -> {ours:?}"
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn the_alternate_signal_stacks_of_exited_threads_are_unmapped() {
+    if std::env::var_os("GREENHUB_ALTSTACK_CHILD").is_some() {
+        // Alone in this process: nothing else maps memory where a freed stack was.
+        for _ in 0..20 {
+            let (sp, size) = std::thread::spawn(|| {
+                spawn(|| ()).join().unwrap();
+                alt_stack().unwrap()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(size, 64 * 1024);
+            // SAFETY: msync only inspects the mapping state of the range.
+            let rc = unsafe { libc::msync(sp as *mut libc::c_void, size, libc::MS_ASYNC) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            assert_eq!(
+                (rc, errno),
+                (-1, Some(libc::ENOMEM)),
+                "still mapped after its thread exited"
+            );
+        }
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_alternate_signal_stacks_of_exited_threads_are_unmapped",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("GREENHUB_ALTSTACK_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_larger_alternate_signal_stack_of_the_users_is_kept() {
     std::thread::spawn(|| {
         let mut mine = vec![0_u8; 256 * 1024];

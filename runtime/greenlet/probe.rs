@@ -3,6 +3,13 @@
 //! idle in `epoll_wait`, and a preemption request the monitor sets and
 //! [`cooperate`](crate::cooperate) checks.
 //!
+//! The monitor sleeps while no hub needs watching (every hub idle in `epoll_wait`, or
+//! keeping nobody waiting); the [`Doorbell`] wakes it, from the few places where that
+//! changes: a hub leaving `epoll_wait`, a greenlet made ready, a job posted from another
+//! thread, the hub publishing who waits when it switches into a greenlet or a new earliest
+//! timer. Ringing costs a load and a branch while the monitor is awake, a `futex` wake once
+//! when it sleeps.
+//!
 //! The hub also publishes here, when it switches from its loop into a greenlet (never on
 //! the switch path itself), who would be kept waiting if that greenlet did not switch back:
 //! how many greenlets are ready, the earliest timer, how many wait on I/O or on other
@@ -12,9 +19,12 @@
 
 use std::cell::Cell;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering, compiler_fence, fence,
+};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Instant;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 /// What one thread publishes for the monitor.
 pub(crate) struct Probe {
@@ -62,6 +72,9 @@ pub(crate) struct Probe {
 const NAME_LEN: usize = 64;
 
 static PROBES: Mutex<Vec<Weak<Probe>>> = Mutex::new(Vec::new());
+/// Bumped whenever a probe is registered or its thread exits, so that the monitor reads
+/// the list again only then.
+static PROBES_CHANGED: AtomicU64 = AtomicU64::new(0);
 
 /// Do threads whose greenlet state is created from now on publish a probe? Cleared when
 /// the monitor is configured fully off (no reports, no time slices).
@@ -79,6 +92,7 @@ struct ProbeOwner(Arc<Probe>);
 impl Drop for ProbeOwner {
     fn drop(&mut self) {
         self.0.exited.store(true, Ordering::Relaxed);
+        PROBES_CHANGED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -117,7 +131,13 @@ fn register() -> Arc<Probe> {
     let mut all = PROBES.lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|w| w.strong_count() > 0);
     all.push(Arc::downgrade(&probe));
+    PROBES_CHANGED.fetch_add(1, Ordering::Relaxed);
     probe
+}
+
+/// Changes whenever a probe was registered or its thread exited (see [`all`]).
+pub(crate) fn generation() -> u64 {
+    PROBES_CHANGED.load(Ordering::Relaxed)
 }
 
 /// This thread's probe, if it publishes one.
@@ -228,10 +248,193 @@ impl Probe {
         })
     }
 
-    /// Publishes the hub's earliest timer (`None`: no timer).
+    /// Publishes the hub's earliest timer (`None`: no timer). A sleeping monitor learns of
+    /// it (it sleeps until the earliest timer of a hub that keeps nobody waiting).
     pub(crate) fn publish_next_timer(&self, at: Option<Instant>) {
         self.next_timer
             .store(at.map_or(u64::MAX, clock_ns), Ordering::Relaxed);
+        if at.is_some() {
+            DOORBELL.ring();
+        }
+    }
+
+    /// The hub is about to wait in `epoll_wait`.
+    #[inline]
+    pub(crate) fn enter_idle(&self) {
+        self.idle.store(true, Ordering::Relaxed);
+    }
+
+    /// The hub is back from `epoll_wait`: wakes the monitor if it sleeps.
+    #[inline]
+    pub(crate) fn leave_idle(&self) {
+        self.idle.store(false, Ordering::Relaxed);
+        DOORBELL.ring();
+    }
+
+    /// Publishes how many greenlets are ready; a first one wakes a sleeping monitor.
+    #[inline]
+    pub(crate) fn publish_ready(&self, ready: usize) {
+        self.ready.store(ready, Ordering::Relaxed);
+        if ready > 0 {
+            DOORBELL.ring();
+        }
+    }
+
+    /// Publishes who waits on the hub (ready, on I/O, on other threads) as it switches
+    /// into a greenlet; wakes a sleeping monitor if anyone does.
+    #[inline]
+    pub(crate) fn publish_waiting(&self, ready: usize, io: usize, threads: usize) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.io_waiting.store(io, Ordering::Relaxed);
+        self.thread_waits.store(threads, Ordering::Relaxed);
+        if ready + io + threads > 0 {
+            DOORBELL.ring();
+        }
+    }
+
+    /// Another thread posted a job to the hub; wakes a sleeping monitor.
+    pub(crate) fn note_posted(&self) {
+        self.posted.fetch_add(1, Ordering::Relaxed);
+        DOORBELL.ring();
+    }
+
+    /// The hub took a posted job.
+    pub(crate) fn note_taken(&self) {
+        self.posted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How hubs wake the monitor thread while it sleeps (see the module docs).
+///
+/// The hub side of a ring is a store (what changed), a compiler fence and a relaxed load of
+/// `asleep`: no fence instruction on the hub's paths. The monitor side pays for both: it
+/// sets `asleep`, then runs a process-wide memory barrier (`membarrier(2)`), then looks at
+/// the probes. Every hub thread then either made its store visible before the barrier (the
+/// look sees it) or loads `asleep` after it (and rings).
+pub(crate) struct Doorbell {
+    /// The monitor sleeps (or is about to): a ring must wake it.
+    asleep: AtomicBool,
+    /// The monitor thread, once it runs.
+    monitor: OnceLock<Thread>,
+    /// Which process-wide barrier works here (see [`Barrier`]), once known.
+    barrier: OnceLock<Barrier>,
+}
+
+/// The `membarrier(2)` command the monitor uses, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Barrier {
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` (registered): interrupts only the CPUs that run
+    /// this process's threads right then.
+    PrivateExpedited,
+    /// `MEMBARRIER_CMD_GLOBAL`: waits for every CPU to pass a scheduling point (slow).
+    Global,
+    /// None works: the monitor never sleeps long.
+    Unavailable,
+}
+
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier takes a command and flags (0) and touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
+}
+
+impl Barrier {
+    fn find() -> Barrier {
+        let supported = membarrier(MEMBARRIER_CMD_QUERY);
+        if supported < 0 {
+            return Barrier::Unavailable;
+        }
+        let has = |cmd: libc::c_int| supported & libc::c_long::from(cmd) != 0;
+        if has(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+            && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+        {
+            Barrier::PrivateExpedited
+        } else if has(MEMBARRIER_CMD_GLOBAL) {
+            Barrier::Global
+        } else {
+            Barrier::Unavailable
+        }
+    }
+
+    /// Runs the barrier; `false` if it failed.
+    fn run(self) -> bool {
+        match self {
+            Barrier::PrivateExpedited => membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0,
+            Barrier::Global => membarrier(MEMBARRIER_CMD_GLOBAL) == 0,
+            Barrier::Unavailable => false,
+        }
+    }
+}
+
+/// The process's doorbell.
+pub(crate) static DOORBELL: Doorbell = Doorbell {
+    asleep: AtomicBool::new(false),
+    monitor: OnceLock::new(),
+    barrier: OnceLock::new(),
+};
+
+impl Doorbell {
+    /// Makes the calling thread (the monitor) the one a ring wakes.
+    pub(crate) fn answer_here(&self) {
+        let _ = self.monitor.set(std::thread::current());
+        self.barrier.get_or_init(Barrier::find);
+    }
+
+    /// The monitor is going to sleep: rings from now on wake it. It must look at the
+    /// hubs once more after this and before [`sleep`](Doorbell::sleep). `false` when no
+    /// process-wide barrier is available: then a ring may be missed, and the monitor must
+    /// not sleep long (it stays awake).
+    pub(crate) fn going_to_sleep(&self) -> bool {
+        self.asleep.store(true, Ordering::SeqCst);
+        let barrier = *self.barrier.get_or_init(Barrier::find);
+        if barrier.run() {
+            fence(Ordering::SeqCst);
+            true
+        } else {
+            self.asleep.store(false, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// The monitor sleeps until rung or until `timeout` passes (`None`: until rung).
+    /// Returns whether it was rung.
+    pub(crate) fn sleep(&self, timeout: Option<Duration>) -> bool {
+        match timeout {
+            Some(t) => std::thread::park_timeout(t),
+            None => std::thread::park(),
+        }
+        // A ring clears the flag before it wakes us.
+        !self.asleep.swap(false, Ordering::Relaxed)
+    }
+
+    /// The monitor changed its mind and stays awake.
+    pub(crate) fn stay_awake(&self) {
+        self.asleep.store(false, Ordering::Relaxed);
+    }
+
+    /// Wakes the monitor if it sleeps (a load and a branch when it does not). Called right
+    /// after the store it announces.
+    #[inline]
+    pub(crate) fn ring(&self) {
+        // Keeps the compiler from moving the store after this load; the CPU's own
+        // reordering is the monitor's barrier's to undo (see the type's docs).
+        compiler_fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed) {
+            self.ring_slow();
+        }
+    }
+
+    #[cold]
+    fn ring_slow(&self) {
+        if self.asleep.swap(false, Ordering::SeqCst)
+            && let Some(monitor) = self.monitor.get()
+        {
+            monitor.unpark();
+        }
     }
 }
 
@@ -242,12 +445,19 @@ pub(crate) struct PublishedRunning {
     pub(crate) name: Option<String>,
 }
 
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
 /// `at` as nanoseconds since a process-wide origin, so that threads can compare instants
 /// through atomics.
 pub(crate) fn clock_ns(at: Instant) -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
     at.saturating_duration_since(origin).as_nanos() as u64
+}
+
+/// The instant of a [`clock_ns`] reading.
+pub(crate) fn instant_of(ns: u64) -> Instant {
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    origin + Duration::from_nanos(ns)
 }
 
 /// Has the monitor asked this thread to yield? (`cooperate()`'s load and branch.)

@@ -169,7 +169,6 @@ impl Hub {
         }
         crate::monitor::start();
         raw::note_hub_thread();
-        crate::monitor::prepare_thread();
         Rc::new(Hub {
             greenlet,
             main,
@@ -374,8 +373,7 @@ impl Hub {
         ready.push_back(task);
         if let Some(p) = &self.probe {
             // A greenlet woken by the running one waits for it: the monitor's to know.
-            p.ready
-                .store(ready.len(), std::sync::atomic::Ordering::Relaxed);
+            p.publish_ready(ready.len());
         }
     }
 
@@ -612,16 +610,13 @@ impl Hub {
     /// about to switch into it.
     #[inline]
     fn publish(&self, p: &crate::greenlet::probe::Probe, task: &Task) {
-        use std::sync::atomic::Ordering::Relaxed;
         p.publish_running(
             task.greenlet.id(),
             task.greenlet.spawned_at(),
             task.greenlet.name(),
         );
         let ready = self.ready.borrow().len() + self.yielded.borrow().len();
-        p.ready.store(ready, Relaxed);
-        p.io_waiting.store(self.io.waiting(), Relaxed);
-        p.thread_waits.store(self.external.len(), Relaxed);
+        p.publish_waiting(ready, self.io.waiting(), self.external.len());
         let mut timers = self.timers.borrow_mut();
         if timers.take_changed() {
             p.publish_next_timer(timers.next_deadline());
@@ -630,14 +625,13 @@ impl Hub {
 
     fn poll_io(&self, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
-        let idle = |on: bool| {
-            if let Some(p) = &self.probe {
-                p.idle.store(on, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        idle(true);
+        if let Some(p) = &self.probe {
+            p.enter_idle();
+        }
         let polled = self.poll.borrow_mut().poll(&mut events, timeout);
-        idle(false);
+        if let Some(p) = &self.probe {
+            p.leave_idle();
+        }
         if let Err(e) = polled
             && e.kind() != std::io::ErrorKind::Interrupted
         {

@@ -50,7 +50,7 @@ impl Remote {
 
     fn post(&self, msg: RemoteMsg) {
         if let Some(p) = &self.probe {
-            p.posted.fetch_add(1, Ordering::Relaxed);
+            p.note_posted();
         }
         self.queue.push(msg);
         // Pairs with the fence in `close`: either the hub's last drain sees this message,
@@ -90,7 +90,7 @@ impl Remote {
     /// One posted message was taken off the queue.
     fn taken(&self) {
         if let Some(p) = &self.probe {
-            p.posted.fetch_sub(1, Ordering::Relaxed);
+            p.note_taken();
         }
     }
 

@@ -1,6 +1,10 @@
 //! Capturing a running thread's stack: the monitor signals the thread; the handler, on
-//! that thread, records return addresses and the running greenlet's identity into a
-//! preallocated slot (no allocation, no locks); the monitor reads the slot back.
+//! that thread, records the interrupted registers and the running greenlet's identity into
+//! a preallocated slot (no allocation, no locks), then holds the thread there while the
+//! monitor walks its stack from its own thread with reads that cannot fault (see
+//! `unwind`), and lets it go. The handler itself never unwinds: an unwinder running on the
+//! interrupted thread reads whatever the unwind tables point at, and where they do not
+//! describe the stack (a signal landing inside a context switch) it crashed the process.
 //!
 //! # System calls are never interrupted on purpose
 //!
@@ -20,47 +24,75 @@
 //! Our signals carry a cookie (sent with `rt_tgsigqueueinfo`); any other SIGURG goes to
 //! the handler that was installed before ours, if any.
 
+use std::sync::Mutex;
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 use std::time::{Duration, Instant};
 
 use super::report::{ThreadActivity, activity};
+use super::unwind::{Regs, Unwinder, reg};
 use crate::greenlet::probe::{Identity, Probe};
 
 /// The signal used to ask a thread for its stack (ignored by default, unused by std).
 const SIGNAL: libc::c_int = libc::SIGURG;
 const MAX_FRAMES: usize = 96;
 const NAME_LEN: usize = 64;
+/// How long the handler holds its thread for the monitor's walk, at most.
+const HOLD_LIMIT: Duration = Duration::from_millis(100);
+
+/// `Slot::phase`: no capture under way.
+const IDLE: u32 = 0;
+/// The monitor has signalled `target` and waits for its handler (which claims the request
+/// by swapping `target` to 0).
+const REQUESTED: u32 = 1;
+/// The handler has filled the slot and holds its thread until the monitor is done.
+const HELD: u32 = 2;
+/// The monitor is done with the stack: the handler returns.
+const RELEASED: u32 = 3;
+/// The handler stopped waiting (`HOLD_LIMIT`): its thread runs on, its stack is changing.
+const ABANDONED: u32 = 4;
 
 struct Slot {
-    /// The tid the handler should act on (0: none).
+    /// The tid the handler should act on (0: none, or claimed).
     target: AtomicI32,
-    done: AtomicBool,
-    len: AtomicUsize,
-    ips: [AtomicUsize; MAX_FRAMES],
+    /// Where the capture is (`IDLE`, `REQUESTED`, ...); a futex word.
+    phase: AtomicU32,
+    /// The interrupted code's instruction pointer.
+    pc: AtomicU64,
+    /// The interrupted code's callee-saved registers and stack pointer, by DWARF number.
+    regs: [AtomicU64; 17],
     id: AtomicU64,
     name: [AtomicU8; NAME_LEN],
     name_len: AtomicUsize,
     spawned_at: AtomicPtr<std::panic::Location<'static>>,
     /// The signal cut a system call short (it returns `EINTR`).
     interrupted_syscall: AtomicBool,
-    /// The instruction pointer of the interrupted code (0: not known).
-    pc: AtomicUsize,
 }
 
 static SLOT: Slot = Slot {
     target: AtomicI32::new(0),
-    done: AtomicBool::new(false),
-    len: AtomicUsize::new(0),
-    ips: [const { AtomicUsize::new(0) }; MAX_FRAMES],
+    phase: AtomicU32::new(IDLE),
+    pc: AtomicU64::new(0),
+    regs: [const { AtomicU64::new(0) }; 17],
     id: AtomicU64::new(0),
     name: [const { AtomicU8::new(0) }; NAME_LEN],
     name_len: AtomicUsize::new(0),
     spawned_at: AtomicPtr::new(std::ptr::null_mut()),
     interrupted_syscall: AtomicBool::new(false),
-    pc: AtomicUsize::new(0),
 };
+
+/// The registers the handler records: (DWARF number, `ucontext` index).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const SAVED: [(usize, libc::c_int); 7] = [
+    (reg::RBX, libc::REG_RBX),
+    (reg::RBP, libc::REG_RBP),
+    (reg::RSP, libc::REG_RSP),
+    (reg::R12, libc::REG_R12),
+    (reg::R13, libc::REG_R13),
+    (reg::R14, libc::REG_R14),
+    (reg::R15, libc::REG_R15),
+];
 
 /// The SIGURG action installed before ours: its handler and flags.
 static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
@@ -68,15 +100,17 @@ static PREV_FLAGS: AtomicI32 = AtomicI32::new(0);
 
 /// What a capture brought back.
 pub(crate) struct Captured {
+    /// The interrupted instruction, then the return address of each caller (empty when
+    /// `in_switch`).
     pub(crate) ips: Vec<usize>,
+    /// The signal landed in the middle of a stack switch, where the stack cannot be
+    /// walked: no stack this time (the thread is switching: its block is ending).
+    pub(crate) in_switch: bool,
     pub(crate) greenlet_id: u64,
     pub(crate) name: Option<String>,
     pub(crate) spawned_at: Option<&'static std::panic::Location<'static>>,
     /// The signal cut a system call short: it may have failed with `EINTR`.
     pub(crate) interrupted_syscall: bool,
-    /// Where the interrupted code was: the first of `ips` that is not the handler's own
-    /// (0: not known).
-    pub(crate) pc: usize,
 }
 
 /// The value our signals carry in `si_value`, to tell them from anyone else's SIGURG.
@@ -127,6 +161,8 @@ unsafe fn is_ours(info: *const libc::siginfo_t) -> bool {
     }
 }
 
+/// The capture handler. Async-signal-safe: it loads and stores atomics, reads the
+/// interrupted context, and waits on a futex (a system call) with a time limit.
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo (or null) to an SA_SIGINFO handler.
     if !unsafe { is_ours(info) } {
@@ -135,26 +171,22 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     }
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
-    if tid != SLOT.target.load(Ordering::Acquire) {
-        return; // ours, but late: the capture has given up on it
+    // Claim the request (only one handler can): ours, unless the capture has given up on
+    // this thread, or it is late.
+    if ctx.is_null()
+        || SLOT
+            .target
+            .compare_exchange(tid, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
     }
     // SAFETY: `ctx` is the ucontext the kernel passed with this signal.
-    let (interrupted, pc) = unsafe { (interrupted_syscall(ctx), interrupted_pc(ctx)) };
+    let interrupted = unsafe { interrupted_syscall(ctx) };
     SLOT.interrupted_syscall
         .store(interrupted, Ordering::Relaxed);
-    SLOT.pc.store(pc, Ordering::Relaxed);
-    let mut n = 0;
-    // SAFETY: `trace_unsynchronized` requires that no other thread unwinds concurrently
-    // through backtrace's non-thread-safe paths; on Linux it uses `_Unwind_Backtrace`,
-    // which is thread-safe, and the closure only stores into atomics.
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            SLOT.ips[n].store(frame.ip() as usize, Ordering::Relaxed);
-            n += 1;
-            n < MAX_FRAMES
-        });
-    }
-    SLOT.len.store(n, Ordering::Relaxed);
+    // SAFETY: as above.
+    unsafe { save_registers(ctx) };
     let identity: Identity = crate::greenlet::signal_safe_identity();
     SLOT.id.store(identity.id, Ordering::Relaxed);
     let len = identity.name_len.min(NAME_LEN);
@@ -168,7 +200,83 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             .map_or(std::ptr::null_mut(), |l| l as *const _ as *mut _),
         Ordering::Relaxed,
     );
-    SLOT.done.store(true, Ordering::Release);
+    SLOT.phase.store(HELD, Ordering::Release);
+    futex_wake(&SLOT.phase);
+    // Hold still while the monitor reads this stack, for `HOLD_LIMIT` at most.
+    let deadline = monotonic_ns().saturating_add(HOLD_LIMIT.as_nanos() as u64);
+    while SLOT.phase.load(Ordering::Acquire) == HELD {
+        let now = monotonic_ns();
+        if now >= deadline {
+            let _ =
+                SLOT.phase
+                    .compare_exchange(HELD, ABANDONED, Ordering::AcqRel, Ordering::Relaxed);
+            break;
+        }
+        futex_wait(&SLOT.phase, HELD, deadline - now);
+    }
+}
+
+/// Records the interrupted context's instruction pointer and registers into the slot.
+///
+/// # Safety
+/// `ctx` is the ucontext the kernel passed to an SA_SIGINFO handler.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+unsafe fn save_registers(ctx: *mut libc::c_void) {
+    // SAFETY: per the contract, `ctx` points at the interrupted context.
+    let gregs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+    SLOT.pc
+        .store(gregs[libc::REG_RIP as usize] as u64, Ordering::Relaxed);
+    for (n, r) in SAVED {
+        SLOT.regs[n].store(gregs[r as usize] as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+unsafe fn save_registers(_ctx: *mut libc::c_void) {
+    SLOT.pc.store(0, Ordering::Relaxed);
+}
+
+/// `CLOCK_MONOTONIC` in ns (async-signal-safe).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Waits until `word` is no longer `expected`, `ns` pass, or a spurious wake-up.
+fn futex_wait(word: &AtomicU32, expected: u32, ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the word (ours, live for the program) and sleeps; the
+    // timespec is a valid relative timeout. Async-signal-safe (a system call).
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes whoever waits on `word` with [`futex_wait`].
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a word of ours; it touches no memory. Async-signal-safe.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
 }
 
 /// Hands a SIGURG that is not ours to the handler installed before ours.
@@ -210,24 +318,6 @@ unsafe fn interrupted_syscall(ctx: *mut libc::c_void) -> bool {
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 unsafe fn interrupted_syscall(_ctx: *mut libc::c_void) -> bool {
     false
-}
-
-/// The instruction pointer of the interrupted code (0 when not known).
-///
-/// # Safety
-/// As for [`interrupted_syscall`].
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-unsafe fn interrupted_pc(ctx: *mut libc::c_void) -> usize {
-    if ctx.is_null() {
-        return 0;
-    }
-    // SAFETY: per the contract, `ctx` points at the interrupted context.
-    unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as usize }
-}
-
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-unsafe fn interrupted_pc(_ctx: *mut libc::c_void) -> usize {
-    0
 }
 
 /// Are the two bytes before `ip` a `syscall` instruction (0f 05)? Read with
@@ -299,45 +389,201 @@ fn send(tid: libc::pid_t) -> bool {
 
 /// Asks the probe's thread for its stack, if it is running on a CPU: returns what it was
 /// doing (read right before signalling it) and, if it was signalled and answered within
-/// `timeout`, the capture.
-pub(crate) fn capture(probe: &Probe, timeout: Duration) -> (ThreadActivity, Option<Captured>) {
-    SLOT.done.store(false, Ordering::Relaxed);
+/// `timeout`, the capture, its stack walked with `unwinder` while the thread was held.
+pub(crate) fn capture(
+    probe: &Probe,
+    timeout: Duration,
+    unwinder: &mut Unwinder,
+) -> (ThreadActivity, Option<Captured>) {
+    /// One capture at a time: there is one slot.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Before the thread is held: it may hold the loader's lock this takes.
+    unwinder.refresh_modules();
+    let mut ips = Vec::with_capacity(MAX_FRAMES);
+    SLOT.phase.store(REQUESTED, Ordering::Release);
     SLOT.target.store(probe.tid, Ordering::Release);
     let doing = activity(probe.tid);
     let sent = doing == ThreadActivity::OnCpu && send(probe.tid);
     let deadline = Instant::now() + timeout;
-    while sent && !SLOT.done.load(Ordering::Acquire) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_micros(100));
+    while sent && SLOT.phase.load(Ordering::Acquire) == REQUESTED {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        futex_wait(&SLOT.phase, REQUESTED, left.as_nanos() as u64);
     }
-    SLOT.target.store(0, Ordering::Release);
-    if !sent || !SLOT.done.load(Ordering::Acquire) {
+    // Not claimed yet: give up (a handler that comes late finds no request and returns).
+    if SLOT
+        .target
+        .compare_exchange(probe.tid, 0, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        SLOT.phase.store(IDLE, Ordering::Release);
         return (doing, None);
     }
-    let len = SLOT.len.load(Ordering::Relaxed);
+    // Claimed: the handler is a few stores away from holding its thread.
+    while SLOT.phase.load(Ordering::Acquire) == REQUESTED {
+        futex_wait(&SLOT.phase, REQUESTED, 10_000_000);
+    }
+    // Held: its registers are in the slot and its stack stands still until released.
+    let pc = SLOT.pc.load(Ordering::Relaxed);
+    let mut regs: Regs = [None; 17];
+    for (n, _) in SAVED {
+        regs[n] = Some(SLOT.regs[n].load(Ordering::Relaxed));
+    }
+    unwinder.forget_memory();
+    let in_switch = unwinder.in_stack_switch(pc);
+    if !in_switch {
+        unwinder.walk(pc, regs, &mut ips, MAX_FRAMES);
+    }
     let name_len = SLOT.name_len.load(Ordering::Relaxed);
     let name: Vec<u8> = SLOT.name[..name_len]
         .iter()
         .map(|b| b.load(Ordering::Relaxed))
         .collect();
     let spawned_at = SLOT.spawned_at.load(Ordering::Relaxed);
+    let interrupted_syscall = SLOT.interrupted_syscall.load(Ordering::Relaxed);
+    let id = SLOT.id.load(Ordering::Relaxed);
+    let held_throughout = SLOT
+        .phase
+        .compare_exchange(HELD, RELEASED, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    futex_wake(&SLOT.phase);
+    SLOT.phase.store(IDLE, Ordering::Release);
+    if !held_throughout {
+        // The thread stopped waiting before the walk was done: what was read may be a
+        // mix of two moments.
+        return (doing, None);
+    }
     let captured = Captured {
-        ips: SLOT.ips[..len]
-            .iter()
-            .map(|ip| ip.load(Ordering::Relaxed))
-            .collect(),
-        greenlet_id: SLOT.id.load(Ordering::Relaxed),
+        ips,
+        in_switch,
+        greenlet_id: id,
         name: (name_len > 0).then(|| String::from_utf8_lossy(&name).into_owned()),
         // SAFETY: the pointer was made from a `&'static Location` in the handler.
         spawned_at: (!spawned_at.is_null()).then(|| unsafe { &*spawned_at }),
-        interrupted_syscall: SLOT.interrupted_syscall.load(Ordering::Relaxed),
-        pc: SLOT.pc.load(Ordering::Relaxed),
+        interrupted_syscall,
     };
     (doing, Some(captured))
 }
 
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::super::unwind::Unwinder;
     use super::*;
+    use crate::greenlet::{Greenlet, getcurrent, probe};
+
+    /// Env var telling a re-executed test binary to run the capture storm.
+    const STORM_CHILD: &str = "GREENHUB_CAPTURE_STORM_CHILD";
+
+    /// In the child: one thread switches between two greenlets in a tight loop while this
+    /// one captures its stack as often as it can, so that signals land inside the switch
+    /// itself again and again. Prints how the captures went.
+    fn capture_storm(captures: usize, cap: Duration) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopped = stop.clone();
+        let switcher = std::thread::spawn(move || {
+            let main = getcurrent();
+            let g = Greenlet::new(move |_| -> Result<(), crate::Error> {
+                loop {
+                    main.switch(())?;
+                }
+            });
+            g.switch(()).unwrap();
+            tx.send(probe::current().expect("probes are on")).unwrap();
+            let mut n = 0_u64;
+            while !stopped.load(Ordering::Relaxed) {
+                for _ in 0..1000 {
+                    g.switch(()).unwrap();
+                }
+                n += 1000;
+            }
+            n
+        });
+        let probe = rx.recv().unwrap();
+        install_handler();
+        let mut unwinder = Unwinder::new();
+        let start = Instant::now();
+        let (mut stacks, mut in_switch, mut none) = (Vec::new(), 0, 0);
+        for _ in 0..captures {
+            if start.elapsed() > cap {
+                break;
+            }
+            match capture(&probe, Duration::from_millis(50), &mut unwinder) {
+                (_, Some(c)) if c.in_switch => in_switch += 1,
+                (_, Some(c)) => stacks.push(c.ips),
+                _ => none += 1,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let switches = switcher.join().unwrap();
+        // Every stack walked, from wherever in the switch loop it was caught (in the
+        // greenlet or on the thread's own stack), reaches the thread's function.
+        let sample = stacks.len().min(50);
+        let whole = stacks[..sample]
+            .iter()
+            .filter(|ips| {
+                super::super::report::symbolize(ips)
+                    .iter()
+                    .any(|f| f.function.contains("capture_storm"))
+            })
+            .count();
+        eprintln!(
+            "STORM stacks={} in_switch={in_switch} none={none} switches={switches} \
+             sampled={sample} reaching_the_thread_function={whole}",
+            stacks.len()
+        );
+    }
+
+    #[test]
+    fn capturing_a_thread_that_switches_in_a_tight_loop_never_crashes() {
+        if std::env::var_os(STORM_CHILD).is_some() {
+            capture_storm(5_000, Duration::from_secs(20));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "monitor::capture::tests::capturing_a_thread_that_switches_in_a_tight_loop_never_crashes",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STORM_CHILD, "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "the child died ({:?}, signal {:?}): {err}",
+            out.status.code(),
+            out.status.signal()
+        );
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("STORM "))
+            .expect("a tally");
+        let field = |k: &str| -> usize {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+        };
+        eprintln!("{line}");
+        let (stacks, in_switch) = (field("stacks"), field("in_switch"));
+        assert!(stacks + in_switch >= 1_000, "too few captures: {line}");
+        assert!(in_switch > 0, "no capture landed in a switch: {line}");
+        assert_eq!(
+            field("reaching_the_thread_function"),
+            field("sampled"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn recognises_the_bytes_of_a_syscall_instruction() {

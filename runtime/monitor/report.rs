@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::Config;
 use super::capture::{self, Captured};
+use super::unwind::Unwinder;
 use crate::greenlet::probe::{self, Probe};
 
 /// What the blocked thread was doing when it was looked at (from `/proc/self/task/<tid>`).
@@ -202,13 +203,22 @@ pub(crate) struct Episode {
 }
 
 impl Episode {
+    /// Captures the blocked thread's stack and makes the report, without its frames (the
+    /// reporting thread symbolizes the captured stack, returned beside it). `None` when
+    /// the capture landed in the middle of a stack switch (the thread is switching: its
+    /// block is ending), unless `last_try`: then the report goes out without a stack.
     pub(crate) fn capture(
         probe: &Arc<Probe>,
         since: Instant,
         now: Instant,
         delayed: Delayed,
-    ) -> Episode {
-        let (activity, captured) = capture::capture(probe, Duration::from_millis(50));
+        unwinder: &mut Unwinder,
+        last_try: bool,
+    ) -> Option<(Episode, Vec<usize>)> {
+        let (activity, captured) = capture::capture(probe, Duration::from_millis(50), unwinder);
+        if captured.as_ref().is_some_and(|c| c.in_switch) && !last_try {
+            return None;
+        }
         let mut report = BlockReport {
             thread_name: probe.thread_name.clone(),
             greenlet_id: 0,
@@ -222,20 +232,21 @@ impl Episode {
             interrupted_syscall: false,
             finished: false,
         };
+        let mut stack = Vec::new();
         match captured {
             Some(Captured {
                 ips,
+                in_switch: _,
                 greenlet_id,
                 name,
                 spawned_at,
                 interrupted_syscall,
-                pc,
             }) => {
                 report.greenlet_id = greenlet_id;
                 report.greenlet_name = name;
                 report.spawned_at = spawned_at.map(|l| l.to_string());
-                (report.stack, report.frames_hidden) = user_frames(symbolize(&ips, pc));
                 report.interrupted_syscall = interrupted_syscall;
+                stack = ips;
             }
             // Not signalled (in a system call) or no answer: the greenlet the hub switched
             // into, if it is still the one running.
@@ -247,7 +258,7 @@ impl Episode {
                 }
             }
         }
-        Episode { report, since }
+        Some((Episode { report, since }, stack))
     }
 
     pub(crate) fn closing(&self, now: Instant) -> BlockReport {
@@ -383,18 +394,13 @@ fn is_runtime(function: &str) -> bool {
     }
 }
 
-/// Symbolizes captured return addresses, dropping the signal-handling frames above the
-/// interrupted code: those before `pc` (the interrupted instruction), or, when it is not
-/// known or not among them, those up to the kernel's signal trampoline.
-fn symbolize(ips: &[usize], pc: usize) -> Vec<Frame> {
-    let from_pc = ips.iter().position(|&ip| pc != 0 && ip == pc);
-    let ips = &ips[from_pc.unwrap_or(0)..];
+/// Symbolizes a captured stack: the interrupted instruction, then return addresses.
+pub(crate) fn symbolize(ips: &[usize]) -> Vec<Frame> {
     let mut frames = Vec::new();
     for (i, &ip) in ips.iter().enumerate() {
         // A return address points after the call; look up the call itself. The
         // interrupted instruction is looked up as it is.
-        let exact = i == 0;
-        let lookup = if exact { ip } else { ip.saturating_sub(1) };
+        let lookup = if i == 0 { ip } else { ip.saturating_sub(1) };
         let mut resolved = false;
         backtrace::resolve(lookup as *mut std::ffi::c_void, |sym| {
             resolved = true;
@@ -413,24 +419,6 @@ fn symbolize(ips: &[usize], pc: usize) -> Vec<Frame> {
                 line: None,
             });
         }
-    }
-    if from_pc.is_some() {
-        return frames;
-    }
-    // Everything up to the kernel's signal trampoline is the handler itself.
-    if let Some(pos) = frames
-        .iter()
-        .position(|f| f.function.contains("__restore_rt"))
-    {
-        frames.drain(..=pos);
-    } else {
-        let skip = frames
-            .iter()
-            .take_while(|f| {
-                f.function.starts_with("backtrace::") || f.function.contains("monitor::capture")
-            })
-            .count();
-        frames.drain(..skip);
     }
     frames
 }

@@ -20,6 +20,7 @@
 //!
 //! This file holds the layout: the sizes, the header, and [`Stack`], one owned slot.
 
+mod altstack;
 mod guard;
 mod overflow;
 mod pool;

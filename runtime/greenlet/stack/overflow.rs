@@ -1,5 +1,5 @@
 //! The SIGSEGV/SIGBUS handler that turns a greenlet stack overflow into a message naming
-//! the greenlet, and the per-thread alternate signal stack it runs on. Every line that
+//! the greenlet (it runs on the thread's alternate signal stack, see `altstack`). Every line that
 //! runs in the handler is in this file, plus the registry lookup ([`find_guard`]).
 //!
 //! # Async-signal-safety
@@ -19,111 +19,32 @@
 //! All of these are async-signal-safe per POSIX. The handler runs on the alternate
 //! signal stack (`SA_ONSTACK`), since the faulting stack has none left.
 
-use std::cell::Cell;
 use std::ptr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
+use super::altstack;
 use super::registry::find_guard;
-use super::{HEADER_MAGIC, HEADER_SIZE, Header, NAME_MAX, page_size};
-
-/// Size of the per-thread alternate signal stack (plus one guard page below it).
-const ALT_STACK_SIZE: usize = 64 * 1024;
+use super::{HEADER_MAGIC, HEADER_SIZE, Header, NAME_MAX};
 
 /// The actions SIGSEGV and SIGBUS had before ours, to chain to (index 0 / 1).
 static PREV_HANDLER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 static PREV_FLAGS: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
 
-/// The per-thread alternate signal stack we mapped, if any; unmapped at thread exit.
-struct AltStack {
-    checked: Cell<bool>,
-    /// Start of our mapping (guard page + stack), or 0.
-    map: Cell<usize>,
-}
-
-impl AltStack {
-    fn ensure(&self) {
-        if self.checked.replace(true) {
-            return;
-        }
-        // SAFETY: all-zero is a valid `stack_t` (null pointer, zero flags and size).
-        let mut old: libc::stack_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a null `ss` only queries the current alternate stack into `old`.
-        if unsafe { libc::sigaltstack(ptr::null(), &mut old) } != 0
-            || old.ss_flags & libc::SS_DISABLE == 0
-        {
-            return; // query failed (leave it) or the thread already has one (std's)
-        }
-        let page = page_size();
-        let len = page + ALT_STACK_SIZE;
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return;
-        }
-        // SAFETY: the first page of the mapping made above; nothing references it.
-        unsafe { libc::mprotect(p, page, libc::PROT_NONE) };
-        let new = libc::stack_t {
-            ss_sp: (p as usize + page) as *mut _,
-            ss_flags: 0,
-            ss_size: ALT_STACK_SIZE,
-        };
-        // SAFETY: `new` describes memory we own that stays mapped until this
-        // thread-local is dropped, where the alternate stack is disabled first.
-        if unsafe { libc::sigaltstack(&new, ptr::null_mut()) } == 0 {
-            self.map.set(p as usize);
-        } else {
-            // SAFETY: our own mapping, never installed.
-            unsafe { libc::munmap(p, len) };
-        }
-    }
-}
-
-impl Drop for AltStack {
-    fn drop(&mut self) {
-        let p = self.map.get();
-        if p == 0 {
-            return;
-        }
-        let disable = libc::stack_t {
-            ss_sp: ptr::null_mut(),
-            ss_flags: libc::SS_DISABLE,
-            ss_size: 0,
-        };
-        // SAFETY: disabling this thread's alternate stack (ours), which we are not
-        // running on (thread-local destructors do not run in signal handlers).
-        let rc = unsafe { libc::sigaltstack(&disable, ptr::null_mut()) };
-        if rc == 0 {
-            // SAFETY: our mapping, no longer used as the alternate stack.
-            unsafe { libc::munmap(p as *mut _, page_size() + ALT_STACK_SIZE) };
-        }
-    }
-}
-
-thread_local! {
-    static ALT_STACK: AltStack = const { AltStack { checked: Cell::new(false), map: Cell::new(0) } };
-}
-
 /// Installs the greenlet stack-overflow handler for SIGSEGV and SIGBUS (once per
 /// process, chaining to the previous handlers) and makes sure the calling thread has
-/// an alternate signal stack to run it on. Idempotent and cheap after the first call
-/// on a thread; call it on every thread that runs greenlets.
+/// an alternate signal stack to run it on (greenhub's 64 KiB one, see [`altstack`]).
+/// Idempotent and cheap after the first call on a thread; call it on every thread that
+/// runs greenlets.
+///
+/// [`altstack`]: super::altstack
 ///
 /// On a fault in a greenlet's guard page it prints
 /// `greenhub: stack overflow in greenlet #<id> "<name>" (stack size <n> KiB); aborting`
 /// and a hint, then aborts. Any other fault goes to the previous handler (so std's
 /// "thread '...' has overflowed its stack" still works).
 pub(crate) fn install_overflow_handler() {
-    let _ = ALT_STACK.try_with(AltStack::ensure);
+    altstack::ensure();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for (i, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
@@ -269,12 +190,13 @@ mod tests {
 
     use corosensei::Coroutine;
 
-    use super::super::MIN_STACK_SIZE;
+    use super::super::altstack::ALT_STACK_SIZE;
     use super::super::guard::GuardMode;
     use super::super::pool::StackPool;
     use super::super::testing::{
         child_scenario, child_survived, modes, recurse, run_child, suffix,
     };
+    use super::super::{MIN_STACK_SIZE, page_size};
     use super::*;
 
     /// Runs `f(arg)` on a raw pthread (no std setup, so no alternate signal stack)

@@ -1,34 +1,32 @@
-//! greenhub's own alternate signal stack for hub threads.
+//! greenhub's alternate signal stack, one per thread that runs greenlets.
 //!
-//! The monitor's capture handler runs on the alternate stack (`SA_ONSTACK`), and so does
-//! the greenlet overflow handler: std gives the threads it starts one of `SIGSTKSZ` (8 KiB),
-//! of which the capture alone uses about 4.8 KiB, and a user's handler chained from ours
-//! needs room too. So every hub thread gets a 64 KiB one (plus a guard page below it),
-//! unless it already has one at least that large (a user's own is then left alone). It
-//! is unmapped when the thread exits.
+//! Two handlers run on it (`SA_ONSTACK`): the stack-overflow handler of [`overflow`]
+//! (the faulting stack has no room left) and the monitor's capture handler (a signal can
+//! land while a greenlet's stack is nearly full). Threads made by `pthread_create` have
+//! none; std gives the threads it starts one of `SIGSTKSZ` (8 KiB), little room for a
+//! handler and a user's handler chained from it. So every thread that runs greenlets gets
+//! a 64 KiB one (plus a guard page below it, so that a handler overflowing it faults),
+//! unless it already has one at least that large: a user's own is left alone, and so is
+//! one in use. It is unmapped when the thread exits.
+//!
+//! [`overflow`]: super::overflow
 
 use std::cell::Cell;
 use std::ptr;
 
-/// The usable size of the alternate stack given to hub threads.
+use super::page_size;
+
+/// The usable size of the alternate stack given to threads.
 pub(crate) const ALT_STACK_SIZE: usize = 64 * 1024;
 
 /// This thread's alternate stack, if we mapped one.
 struct AltStack {
     /// Start of our mapping (guard page, then the stack), or 0.
     map: Cell<usize>,
-    /// Its length.
-    len: Cell<usize>,
 }
 
 thread_local! {
-    static ALT_STACK: AltStack = const { AltStack { map: Cell::new(0), len: Cell::new(0) } };
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as usize } else { 4096 }
+    static ALT_STACK: AltStack = const { AltStack { map: Cell::new(0) } };
 }
 
 /// The calling thread's alternate signal stack (`ss_flags` has `SS_DISABLE` when none).
@@ -40,7 +38,8 @@ fn current() -> Option<libc::stack_t> {
 }
 
 /// Gives the calling thread a 64 KiB alternate signal stack unless it has one at least
-/// that large. Idempotent; the stack is unmapped at thread exit.
+/// that large (or is running on its current one). Idempotent; the stack is unmapped at
+/// thread exit.
 pub(crate) fn ensure() {
     let _ = ALT_STACK.try_with(AltStack::ensure);
 }
@@ -94,7 +93,6 @@ impl AltStack {
         // owner unmaps it at thread exit) is not in use: we are not on it (checked above).
         if unsafe { libc::sigaltstack(&new, ptr::null_mut()) } == 0 {
             self.map.set(p as usize);
-            self.len.set(len);
         } else {
             // SAFETY: our own mapping, never installed.
             unsafe { libc::munmap(p, len) };
@@ -126,7 +124,7 @@ impl Drop for AltStack {
             None => return, // cannot tell: leak it
         }
         // SAFETY: our mapping, installed as nobody's alternate stack any more.
-        unsafe { libc::munmap(map as *mut libc::c_void, self.len.get()) };
+        unsafe { libc::munmap(map as *mut libc::c_void, page_size() + ALT_STACK_SIZE) };
     }
 }
 
