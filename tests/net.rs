@@ -1726,3 +1726,53 @@ fn download_all_example_prints_three_times() {
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[0].starts_with("sequential") && lines[2].starts_with("greenlets"));
 }
+
+/// A std peer that writes `data`, then shuts down its write side, from its own thread;
+/// returns its socket (still open) once both are done.
+fn std_peer_writes_then_fin(addr: SocketAddr, data: &'static [u8]) -> std::net::TcpStream {
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(data).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_read_after_a_short_read_sees_the_end_of_file_that_came_with_the_data() {
+    // Data and FIN arrive together and the hub polls them (one edge for both) before the
+    // first read, which is short: the next read must return the end-of-file, not wait
+    // for an edge that never comes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = spawn(move || listener.accept().map(|(s, _)| s));
+    let _peer = std_peer_writes_then_fin(addr, b"hello");
+    let mut conn = accepted.join().unwrap().unwrap();
+    sleep(50 * MS); // the hub polls meanwhile
+    let mut buf = [0u8; 64];
+    assert_eq!(conn.read(&mut buf).unwrap(), 5);
+    let eof = with_timeout(Duration::from_secs(5), || conn.read(&mut buf));
+    assert_eq!(eof.expect("the end-of-file was waited for").unwrap(), 0);
+}
+
+#[test]
+fn a_read_after_a_short_read_wakes_for_the_next_data() {
+    let (mut a, mut b) = tcp_pair();
+    let reader = spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let n = b.read(&mut buf).unwrap();
+            assert!(n > 0, "no end-of-file before the data");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    a.write_all(b"abc").unwrap();
+    sleep(20 * MS); // the reader reads short, then waits
+    a.write_all(b"def").unwrap();
+    let got = with_timeout(Duration::from_secs(5), || reader.join().unwrap()).unwrap();
+    assert_eq!(got, b"abcdef");
+}

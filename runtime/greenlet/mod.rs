@@ -457,6 +457,27 @@ impl Greenlet {
         self.inner.is_main
     }
 
+    /// Is this the running greenlet? (`getcurrent() == *self` without making a handle:
+    /// one load; exactly one greenlet of a thread is running at a time.)
+    #[inline]
+    pub(crate) fn is_running(&self) -> bool {
+        self.inner.state.get() == State::Running
+    }
+
+    /// Is it paused in a switch into another greenlet (in the resume chain, so that a
+    /// switch to it is a `suspend`)?
+    #[inline]
+    pub(crate) fn is_resuming(&self) -> bool {
+        self.inner.state.get() == State::Resuming
+    }
+
+    /// Is it paused in its own switch, or not started (so that a switch to it is a
+    /// `resume`, which puts it below the running greenlet in the resume chain)?
+    #[inline]
+    pub(crate) fn is_resumable(&self) -> bool {
+        matches!(self.inner.state.get(), State::Suspended | State::Unstarted)
+    }
+
     /// Where it is in its life, in words (for `dump()`).
     pub(crate) fn state_name(&self) -> &'static str {
         match self.inner.state.get() {

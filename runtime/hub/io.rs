@@ -27,6 +27,13 @@ pub(super) struct Slot {
     pub(super) fd: i32,
     pub(super) readable: bool,
     pub(super) writable: bool,
+    /// `epoll` has reported the read side closed (`EPOLLRDHUP`, `EPOLLHUP`) or an error:
+    /// sticky, since no later edge will come for it.
+    read_closed: bool,
+    /// A read returned less than it asked for since the last read edge, and the read
+    /// side is not closed: the socket is known not to be readable (see
+    /// [`Hub::note_short_read`]).
+    drained: bool,
     reader: Option<Waiter>,
     writer: Option<Waiter>,
     /// Waits of the libc hooks (see `raw`): any number, in either or both directions.
@@ -60,6 +67,8 @@ impl IoTable {
         let closed = event.is_error() || event.is_read_closed() || event.is_write_closed();
         if event.is_readable() || closed {
             slot.readable = true;
+            slot.drained = false;
+            slot.read_closed |= event.is_read_closed() || event.is_error();
             if let Some(w) = slot.reader.take() {
                 w.wake(Wake::Io);
             }
@@ -76,7 +85,7 @@ impl IoTable {
             // is dropped while the table is borrowed.
             for wait in &slot.raw {
                 if (wait.read && r) || (wait.write && w) {
-                    wait.waiter.wake(Wake::Io);
+                    wait.waiter.wake_listed(Wake::Io);
                 }
             }
         }
@@ -137,6 +146,29 @@ impl Hub {
                 Direction::Write => slot.writable = false,
             }
         }
+    }
+
+    /// A stream read on `token` returned less than it asked for (and more than nothing):
+    /// the socket's receive queue was empty then, so until the next read edge a read can
+    /// skip its `read` system call and wait (tokio's rule). Not once `epoll` has reported
+    /// the read side closed or an error: that edge came already and no other will, so
+    /// the end-of-file (or error) must be read, not waited for.
+    pub(crate) fn note_short_read(&self, token: usize) {
+        if let Some(slot) = self.io.slots.borrow_mut().get_mut(token)
+            && !slot.read_closed
+        {
+            slot.readable = false;
+            slot.drained = true;
+        }
+    }
+
+    /// Is `token` known not to be readable (a short read, no read edge since)?
+    pub(crate) fn is_drained(&self, token: usize) -> bool {
+        self.io
+            .slots
+            .borrow()
+            .get(token)
+            .is_some_and(|slot| slot.drained && !slot.readable)
     }
 
     /// Waits until `token` is ready in `direction`, or `deadline` passes.

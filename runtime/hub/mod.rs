@@ -19,6 +19,7 @@
 mod io;
 pub(crate) mod raw;
 mod remote;
+mod round;
 mod run_info;
 mod spawn;
 mod task;
@@ -37,11 +38,11 @@ pub use io::Direction;
 pub use remote::{HubHandle, ResultReceiver, ResultSender, result_channel};
 pub use run_info::{dump, install_dump_signal};
 pub use spawn::{JoinHandle, SpawnBuilder, joinall, killall, spawn, spawn_later};
-pub(crate) use task::{Scope, Task, WaitOn, Waiter, Wake};
+pub(crate) use task::{Scope, SpareTasks, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
-/// How often the hub gives back the memory of stacks nobody reused.
-const STACK_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the hub gives back the memory of stacks nobody reused, in ns.
+const STACK_TRIM_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// The mio token of the cross-thread waker.
 const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -62,15 +63,23 @@ pub(crate) struct Hub {
     /// This thread's monitor probe (none when the monitor is off).
     probe: Option<Arc<crate::greenlet::probe::Probe>>,
     external: remote::ExternalWaits,
-    /// The spawned task the hub last switched into.
+    /// The task the hub has switched into and not yet got back from (moved here from the
+    /// ready queue: no handle is made for it).
     running: RefCell<Option<Rc<Task>>>,
-    /// Tasks for greenlets the hub did not spawn (the main greenlet, plain greenlets).
+    /// The main greenlet's task, once it has blocked on the hub.
+    main_task: RefCell<Option<Rc<Task>>>,
+    /// Tasks for plain greenlets (not spawned on the hub, not the main greenlet).
     others: RefCell<HashMap<u64, Rc<Task>>>,
     /// Every task made on this hub, for `dump()` (pruned of dead ones as it grows).
     all_tasks: RefCell<slab::Slab<std::rc::Weak<Task>>>,
     next_seq: Cell<u64>,
-    /// When to next give back the memory of stacks left unused (see `StackPool::trim`).
-    next_trim: Cell<Instant>,
+    /// When to next give back the memory of stacks left unused (see `StackPool::trim`),
+    /// in [`coarse_now`] time: checked after every poll, so it must be cheap to read.
+    next_trim: Cell<u64>,
+    /// Finished tasks kept for reuse.
+    spare_tasks: SpareTasks,
+    /// The round in progress, and handing off between greenlets (see `round`).
+    round: round::Round,
     /// Bumped whenever a greenlet the hub ran has died (its stack went back to the pool).
     deaths: Cell<u64>,
     /// `deaths` at the last trim.
@@ -92,6 +101,7 @@ thread_local! {
 }
 
 /// Runs `f` with this thread's hub, creating it on first use.
+#[inline]
 pub(crate) fn with_hub<R>(f: impl FnOnce(&Rc<Hub>) -> R) -> R {
     HUB.with(|cell| f(cell.get_or_init(Hub::start)))
 }
@@ -108,6 +118,7 @@ impl Drop for Teardown {
 }
 
 /// This thread's hub.
+#[inline]
 pub(crate) fn current_hub() -> Rc<Hub> {
     with_hub(Rc::clone)
 }
@@ -171,10 +182,13 @@ impl Hub {
             probe,
             external: remote::ExternalWaits::default(),
             running: RefCell::new(None),
+            main_task: RefCell::new(None),
             others: RefCell::new(HashMap::new()),
             all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
-            next_trim: Cell::new(Instant::now() + STACK_TRIM_INTERVAL),
+            round: round::Round::default(),
+            spare_tasks: SpareTasks::default(),
+            next_trim: Cell::new(coarse_now() + STACK_TRIM_INTERVAL_NS),
             deaths: Cell::new(0),
             deaths_at_trim: Cell::new(0),
             trim_again: Cell::new(false),
@@ -191,6 +205,7 @@ impl Hub {
     /// greenlet holds one on its stack.
     fn tear_down(&self) {
         raw::forget_hub_thread();
+        self.spare_tasks.clear();
         run_info::unregister_hub(&self.remote);
         self.remote.close();
         if let Some(p) = &self.probe {
@@ -233,6 +248,7 @@ impl Hub {
             Timers::new(),
         ));
         drop(self.running.take());
+        drop(self.main_task.take());
         drop(self.others.take());
         self.external.clear();
     }
@@ -243,13 +259,32 @@ impl Hub {
     }
 
     /// The task of the running greenlet.
+    ///
+    /// For the greenlet the hub switched into, or the main greenlet, this is one load and
+    /// a compare (no handle to the running greenlet is made, nothing is looked up).
+    #[inline(always)]
     pub(crate) fn current_task(&self) -> Rc<Task> {
-        let me = getcurrent();
         if let Some(t) = self.running.borrow().as_ref()
-            && t.greenlet == me
+            && t.greenlet.is_running()
         {
             return t.clone();
         }
+        self.current_task_slow()
+    }
+
+    /// [`current_task`](Hub::current_task) for the main greenlet and plain greenlets.
+    #[inline(never)]
+    fn current_task_slow(&self) -> Rc<Task> {
+        if self.main.is_running() {
+            let mut main_task = self.main_task.borrow_mut();
+            let task = main_task.get_or_insert_with(|| {
+                let task: Rc<Task> = Rc::new(Task::new(self.main.clone(), None));
+                self.track(&task);
+                task
+            });
+            return task.clone();
+        }
+        let me = getcurrent();
         assert!(
             me != self.greenlet,
             "greenhub: the hub greenlet cannot block"
@@ -267,27 +302,52 @@ impl Hub {
         others
             .entry(me.id())
             .or_insert_with(|| {
-                let task: Rc<Task> = Rc::new(Task::new(me, ()));
+                let task: Rc<Task> = Rc::new(Task::new(me, None));
                 self.track(&task);
                 task
             })
             .clone()
     }
 
+    /// A task for `greenlet` (a spare one if there is one), carrying a spawned greenlet's
+    /// `body`.
+    pub(crate) fn new_task(
+        &self,
+        greenlet: Greenlet,
+        body: Option<Rc<dyn std::any::Any>>,
+    ) -> Rc<Task> {
+        self.spare_tasks.take(greenlet, body)
+    }
+
+    /// Lets go of a handle to `task`: if it was the last and the task is finished, the
+    /// task is kept for reuse.
+    pub(crate) fn release_task(&self, task: Rc<Task>) {
+        drop(self.spare_tasks.keep(task, &self.greenlet));
+    }
+
+    /// The task the hub switched into last, if it is still in its run (for a spawned
+    /// greenlet's body to find its own task).
+    pub(crate) fn running_task(&self) -> Option<Rc<Task>> {
+        self.running.borrow().clone()
+    }
+
     /// Remembers a task for `dump()` until [`untrack`](Hub::untrack).
     pub(crate) fn track(&self, task: &Rc<Task>) {
         let slot = self.all_tasks.borrow_mut().insert(Rc::downgrade(task));
-        task.tracked.set(Some(slot));
+        // More than 4 billion live tasks cannot be: slots are reused.
+        task.tracked.set(u32::try_from(slot).unwrap_or(u32::MAX));
     }
 
     /// Forgets a task (it has finished).
-    pub(crate) fn untrack<C: ?Sized>(&self, task: &Task<C>) {
-        if let Some(slot) = task.tracked.take() {
-            self.all_tasks.borrow_mut().try_remove(slot);
+    pub(crate) fn untrack(&self, task: &Task) {
+        let slot = task.tracked.replace(u32::MAX);
+        if slot != u32::MAX {
+            self.all_tasks.borrow_mut().try_remove(slot as usize);
         }
     }
 
     /// Starts a wait for `what` (see [`begin_wait`](Hub::begin_wait)).
+    #[inline(always)]
     pub(crate) fn begin_wait_on(&self, what: WaitOn) -> Waiter {
         let waiter = self.begin_wait();
         waiter.task.waiting_on.set(what);
@@ -295,17 +355,20 @@ impl Hub {
     }
 
     /// Starts a wait of the running greenlet and returns the waiter that ends it.
+    #[inline(always)]
     pub(crate) fn begin_wait(&self) -> Waiter {
         let task = self.current_task();
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         task.waiting.set(seq);
-        task.waiting_on.set(WaitOn::Sync("event"));
+        task.waiting_on.set(WaitOn::Sync(&"event"));
         Waiter { task, seq }
     }
 
     /// Puts a task at the back of the ready queue.
+    #[inline]
     pub(crate) fn schedule(&self, task: Rc<Task>) {
+        self.note_woken(&task);
         let mut ready = self.ready.borrow_mut();
         ready.push_back(task);
         if let Some(p) = &self.probe {
@@ -330,7 +393,38 @@ impl Hub {
     ///
     /// # Panics
     /// Unwinds with [`GreenletExit`] when the greenlet is killed.
+    #[inline(always)]
     pub(crate) fn park(&self, waiter: &Waiter, deadline: Option<Instant>) -> Result<Wake, Error> {
+        let task = &waiter.task;
+        if deadline.is_some() || task.kill_pending.get() || task.has_scopes() {
+            return self.park_timed(waiter, deadline);
+        }
+        // No timer and nothing to deliver: the common wait. It is inlined into its callers,
+        // so that the switch back lands in their frame: a return right after a stack switch
+        // is mispredicted (the return stack buffer holds the other stack's frames), one per
+        // frame between the switch and the code that goes on.
+        loop {
+            let next = self.hand_off(task);
+            let target = next.as_ref().unwrap_or(&self.greenlet);
+            if let Err(e) = target.switch(()) {
+                task.waiting.set(0);
+                return Err(e);
+            }
+            if !waiter.is_waiting() {
+                break;
+            }
+        }
+        let wake = task.wake.get();
+        if task.kill_pending.get() || !matches!(wake, Wake::Ready | Wake::Io) {
+            return self.woken(task, None, None);
+        }
+        Ok(wake)
+    }
+
+    /// [`park`](Hub::park) with a timer (the operation's deadline or a `Timeout` scope's),
+    /// or with a kill to deliver first.
+    #[inline(never)]
+    fn park_timed(&self, waiter: &Waiter, deadline: Option<Instant>) -> Result<Wake, Error> {
         let task = &waiter.task;
         if let Err(e) = self.check_interrupts(task) {
             task.waiting.set(0);
@@ -346,7 +440,9 @@ impl Hub {
         // already in the ready queue, and the hub will switch back when its turn comes.
         // Switched back while still waiting is spurious (a plain `switch` into us): park again.
         loop {
-            if let Err(e) = self.greenlet.switch(()) {
+            let next = self.hand_off(task);
+            let target = next.as_ref().unwrap_or(&self.greenlet);
+            if let Err(e) = target.switch(()) {
                 // Thrown at us by a plain switch: the wait ends with that error.
                 task.waiting.set(0);
                 if let Some(t) = timer {
@@ -361,6 +457,19 @@ impl Hub {
         if let Some(t) = timer {
             self.cancel_timer(t);
         }
+        self.woken(task, scope, deadline)
+    }
+
+    /// What a wait that `task` was woken from returns: why it woke, or the kill, the
+    /// expired `Timeout` scope (`scope`: the earliest when it parked) or the error it woke
+    /// for. `deadline` is the operation's own.
+    #[inline(never)]
+    fn woken(
+        &self,
+        task: &Task,
+        scope: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Result<Wake, Error> {
         match task.wake.get() {
             Wake::Kill => {
                 self.check_interrupts(task)?;
@@ -459,54 +568,32 @@ impl Hub {
         }
     }
 
-    /// Runs each greenlet that is ready now once: first those woken (by I/O, timers,
-    /// other greenlets), then those that yielded; greenlets made ready meanwhile wait for
-    /// the next round, after I/O has been polled and timers fired. A round that has run
-    /// for `ROUND_BUDGET_NS` ends early (the rest keep their places), so that a timer or
-    /// socket never waits behind more than one time slice of cooperating CPU hogs. (Time
-    /// here is [`coarse_now`]'s: the budget is kept to within one scheduler tick.)
-    fn run_ready(&self) {
-        const ROUND_BUDGET_NS: u64 = 2_000_000;
-        let round_start = coarse_now();
-        let mut now = round_start;
-        let woken = self.ready.borrow().len();
-        let yielded = self.yielded.borrow().len();
-        let queues = [(&self.ready, woken), (&self.yielded, yielded)];
-        for (queue, n) in queues {
-            for _ in 0..n {
-                let Some(task) = queue.borrow_mut().pop_front() else {
-                    break;
-                };
-                now = self.run_task(&task, now);
-                if now.saturating_sub(round_start) >= ROUND_BUDGET_NS || self.stopping.get() {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Switches into `task` (at `started`, a [`coarse_now`]) until it switches back;
-    /// returns when that was.
-    fn run_task(&self, task: &Rc<Task>, started: u64) -> u64 {
+    /// Switches into `task` until it (or a greenlet it handed off to, see `round`)
+    /// switches back.
+    #[inline]
+    fn run_task(&self, task: Rc<Task>) {
         if task.greenlet.is_dead() {
-            return started;
+            return;
         }
         if let Some(p) = &self.probe {
-            self.publish(p, task);
+            self.publish(p, &task);
         }
-        *self.running.borrow_mut() = Some(task.clone());
+        let greenlet = task.greenlet.clone();
+        let prev = self.running.replace(Some(task));
+        debug_assert!(prev.is_none(), "the hub runs one task at a time");
+        self.start_run();
         let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.greenlet.switch(())));
-        if task.greenlet.is_dead() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| greenlet.switch(())));
+        let ended = coarse_now();
+        let mut died = greenlet.is_dead();
+        if let Some(last) = self.running.take() {
+            died |= last.greenlet.is_dead();
+            self.end_run(&last, ended);
+            self.release_task(last);
+        }
+        if died {
             self.deaths.set(self.deaths.get() + 1);
         }
-        let ended = coarse_now();
-        task.runs.set(task.runs.get() + 1);
-        if ended > started {
-            let ran = Duration::from_nanos(ended - started);
-            task.run_time.set(task.run_time.get() + ran);
-        }
-        *self.running.borrow_mut() = None;
         if let Err(payload) = outcome {
             // A plain greenlet whose parent is the hub panicked (spawned ones report
             // their own panics): report it and carry on.
@@ -514,10 +601,9 @@ impl Hub {
                 crate::error::panic_payload_str(payload.as_ref()).unwrap_or("<non-string payload>");
             eprintln!(
                 "greenhub: greenlet #{} failed in the hub: {msg}",
-                task.greenlet.id()
+                greenlet.id()
             );
         }
-        ended
     }
 
     /// Tells the monitor who waits on the hub while `task` runs (see `probe`): the hub is
@@ -559,12 +645,16 @@ impl Hub {
         }
     }
 
-    /// Once a second, gives back the memory of stacks that nobody reused.
+    /// Once a second, gives back the memory of stacks that nobody reused. (The coarse
+    /// clock may lag the precise one the hub slept by for up to a tick: a trim is due a
+    /// little early rather than costing an extra wake-up.)
     fn trim_stacks(&self) {
-        let now = Instant::now();
-        if now >= self.next_trim.get() {
-            self.next_trim.set(now + STACK_TRIM_INTERVAL);
+        const SLACK_NS: u64 = 20_000_000;
+        let now = coarse_now();
+        if now + SLACK_NS >= self.next_trim.get() {
+            self.next_trim.set(now + STACK_TRIM_INTERVAL_NS);
             crate::greenlet::trim_stack_pool();
+            self.spare_tasks.trim();
             let deaths = self.deaths.get();
             self.trim_again.set(deaths != self.deaths_at_trim.get());
             self.deaths_at_trim.set(deaths);
@@ -580,7 +670,10 @@ impl Hub {
     /// (no periodic wake-ups).
     fn trim_due(&self) -> Option<Instant> {
         let died = self.deaths.get() != self.deaths_at_trim.get();
-        (died || self.trim_again.get()).then(|| self.next_trim.get())
+        (died || self.trim_again.get()).then(|| {
+            let wait = self.next_trim.get().saturating_sub(coarse_now());
+            Instant::now() + Duration::from_nanos(wait)
+        })
     }
 
     fn fire_timers(&self) {
@@ -598,7 +691,7 @@ impl Hub {
 
     /// Nothing can wake anyone: tell the main greenlet, if it waits, that it never will.
     fn block_forever(&self) {
-        let main_task = self.others.borrow().get(&self.main.id()).cloned();
+        let main_task = self.main_task.borrow().clone();
         match main_task {
             Some(t) if t.waiting.get() != 0 => {
                 let seq = t.waiting.get();
@@ -696,6 +789,12 @@ pub(crate) fn sleep_until(deadline: Instant) -> Result<(), Error> {
 }
 
 /// Lets every other ready greenlet run once, then returns (`sleep(0)`).
+///
+/// Inlined into its callers (with [`park`](Hub::park)), so that the switch back lands in
+/// the frame that yielded: the return stack buffer holds the other greenlet's frames
+/// after a switch, and each return between the switch and the caller's code would be
+/// mispredicted (a yield ping-pong costs a third less so).
+#[inline(always)]
 pub(crate) fn yield_now() -> Result<(), Error> {
     let hub = current_hub();
     let waiter = hub.begin_wait_on(WaitOn::Turn);

@@ -103,9 +103,23 @@ impl Remote {
         self.handles.load(Ordering::Acquire) > 0
     }
 
-    /// Takes everything posted so far (runs on the hub greenlet).
+    /// Takes everything posted so far (runs on the hub greenlet, every round): one load
+    /// when nothing was posted. Every post sets `notified` after pushing its message, and
+    /// the flag stays set until here, so a message this round misses is taken the next.
+    #[inline]
     pub(crate) fn drain(&self, hub: &Hub) {
-        self.notified.store(false, Ordering::Release);
+        if !self.notified.load(Ordering::Acquire) {
+            return;
+        }
+        self.drain_posted(hub);
+    }
+
+    #[inline(never)]
+    fn drain_posted(&self, hub: &Hub) {
+        // A read-modify-write, not a store: it reads the last post's `true` and so
+        // synchronizes with it (its message is visible to the pops below); a post after
+        // it finds `false` and wakes the hub again.
+        self.notified.swap(false, Ordering::AcqRel);
         while let Some(msg) = self.queue.pop() {
             self.taken();
             match msg {
@@ -133,6 +147,7 @@ impl ExternalWaits {
     }
 
     /// How many values from other threads are awaited.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.slots.borrow().len()
     }

@@ -186,7 +186,7 @@ fn format_hub(hub: &Rc<Hub>) -> String {
                 format!(
                     " [ran {} times, {:.3} ms]",
                     t.runs.get(),
-                    t.run_time.get().as_secs_f64() * 1e3
+                    t.run_time.get() as f64 / 1e6
                 )
             })
             .unwrap_or_default();

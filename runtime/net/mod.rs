@@ -278,6 +278,32 @@ impl<S: AsFd> Io<S> {
         self.io_loop(Direction::Read, deadline, op)
     }
 
+    /// A read of up to `asked` bytes from a stream socket (`op`), bounded by the read
+    /// timeout. When the last read returned less than it asked for and no read edge came
+    /// since, the receive queue is known to be empty: this read waits first instead of
+    /// making a `read` system call that would fail with `EAGAIN` (the hub keeps the
+    /// read-closed bit sticky, so an end-of-file is never waited for; see
+    /// `Hub::note_short_read`). Non-blocking mode always makes the call, as std does.
+    ///
+    /// `drain_hint`: may a short read be taken to mean an empty receive queue? (True of
+    /// TCP; a Unix stream read also stops early at a change of sender credentials.)
+    fn stream_read(
+        &self,
+        asked: usize,
+        drain_hint: bool,
+        op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let deadline = deadline_after(self.read_timeout.get());
+        if drain_hint && !self.nonblocking.get() && self.reg.hub.is_drained(self.reg.token) {
+            self.wait(Direction::Read, deadline)?;
+        }
+        let n = self.io_loop(Direction::Read, deadline, op)?;
+        if drain_hint && n > 0 && n < asked {
+            self.reg.hub.note_short_read(self.reg.token);
+        }
+        Ok(n)
+    }
+
     /// A write-side call (write, send), bounded by the write timeout.
     fn write_with<R>(&self, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
         let deadline = deadline_after(self.write_timeout.get());
@@ -400,20 +426,25 @@ macro_rules! socket_methods {
 pub(crate) use socket_methods;
 
 /// `Read` and `Write` for a stream type and for a shared reference to it, waiting
-/// cooperatively (`&T` lets one greenlet read while another writes).
+/// cooperatively (`&T` lets one greenlet read while another writes). `drain_hint`: see
+/// `Io::stream_read`.
 macro_rules! stream_io_impls {
-    ($t:ty) => {
+    ($t:ty, drain_hint = $drain_hint:literal) => {
         impl ::std::io::Read for &$t {
             fn read(&mut self, buf: &mut [u8]) -> ::std::io::Result<usize> {
-                self.io
-                    .read_with(|mut s| ::std::io::Read::read(&mut s, buf))
+                let asked = buf.len();
+                self.io.stream_read(asked, $drain_hint, |mut s| {
+                    ::std::io::Read::read(&mut s, buf)
+                })
             }
             fn read_vectored(
                 &mut self,
                 bufs: &mut [::std::io::IoSliceMut<'_>],
             ) -> ::std::io::Result<usize> {
-                self.io
-                    .read_with(|mut s| ::std::io::Read::read_vectored(&mut s, bufs))
+                let asked = bufs.iter().map(|b| b.len()).sum();
+                self.io.stream_read(asked, $drain_hint, |mut s| {
+                    ::std::io::Read::read_vectored(&mut s, bufs)
+                })
             }
         }
 

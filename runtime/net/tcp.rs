@@ -367,7 +367,7 @@ impl TcpStream {
     }
 }
 
-stream_io_impls!(TcpStream);
+stream_io_impls!(TcpStream, drain_hint = true);
 
 socket_impls!(TcpListener, net::TcpListener, { addr: local_addr });
 socket_impls!(TcpStream, net::TcpStream, { addr: local_addr, peer: peer_addr });

@@ -288,7 +288,7 @@ fn connect_retrying(
     Ok(stream)
 }
 
-stream_io_impls!(UnixStream);
+stream_io_impls!(UnixStream, drain_hint = false);
 
 /// A Unix datagram socket: std's [`UnixDatagram`](std::os::unix::net::UnixDatagram),
 /// cooperative.

@@ -129,7 +129,7 @@ where
         while state.spawned.get() - state.yielded.get() >= state.max_held.get() {
             if state
                 .feeder
-                .wait("pool imap reader (feeder)", None, || {})
+                .wait(&"pool imap reader (feeder)", None, || {})
                 .is_err()
             {
                 return;
@@ -207,7 +207,7 @@ impl<T: 'static> Feed<T> {
                     _ => None,
                 };
             }
-            if let Err(e) = st.consumer.wait("pool imap result", None, || {}) {
+            if let Err(e) = st.consumer.wait(&"pool imap result", None, || {}) {
                 return Some(Err(e));
             }
         }

@@ -80,7 +80,7 @@ impl Core {
         // A woken spawner was handed the slot of a member that ended.
         match self
             .spawners
-            .wait("pool slot", deadline, || self.release_slot())?
+            .wait(&"pool slot", deadline, || self.release_slot())?
         {
             true => Ok(()),
             false => Err(Error::Timeout),
@@ -143,7 +143,7 @@ impl Core {
 
     fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
         while self.used.get() > 0 {
-            if !self.idle.wait("group to finish (join)", deadline, || {})? {
+            if !self.idle.wait(&"group to finish (join)", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }
@@ -175,7 +175,7 @@ impl Core {
             if free > 0 {
                 return Ok(free);
             }
-            if !self.available.wait("pool slot", deadline, || {})? {
+            if !self.available.wait(&"pool slot", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }

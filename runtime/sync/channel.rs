@@ -122,7 +122,7 @@ impl<T> Channel<T> {
             return Err(PutError::Full(item));
         }
         let hub = current_hub();
-        let waiter = hub.begin_wait_on(WaitOn::Sync("channel (put)"));
+        let waiter = hub.begin_wait_on(WaitOn::Sync(&"channel (put)"));
         let seq = waiter.seq;
         inner.offers.borrow_mut().push_back((waiter.clone(), item));
         // Withdraws the offer however the wait ends (a kill drops the item with it).
@@ -196,7 +196,7 @@ impl<T> Channel<T> {
                     }
                 }
             };
-            match inner.getters.wait("channel (get)", deadline, give_back) {
+            match inner.getters.wait(&"channel (get)", deadline, give_back) {
                 Ok(true) if inner.grants.get() > 0 => {
                     inner.grants.set(inner.grants.get() - 1);
                     return Ok(inner.handed.borrow_mut().pop_front().expect("granted"));
@@ -228,7 +228,7 @@ impl<T> Channel<T> {
         }
         inner.getters.notify_all();
         for (w, _) in inner.offers.borrow().iter() {
-            w.wake(Wake::Ready);
+            w.wake_listed(Wake::Ready);
         }
     }
 

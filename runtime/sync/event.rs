@@ -99,7 +99,7 @@ impl Event {
         if self.is_set() {
             return Ok(());
         }
-        match self.inner.waiters.wait("event", deadline, || {})? {
+        match self.inner.waiters.wait(&"event", deadline, || {})? {
             true => Ok(()),
             false => Err(Error::Timeout),
         }
@@ -226,7 +226,7 @@ impl<T> AsyncResult<T> {
                 return Ok(());
             }
             // Woken: set (or set and taken again meanwhile: wait on).
-            if !self.inner.waiters.wait("async result", deadline, || {})? {
+            if !self.inner.waiters.wait(&"async result", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }

@@ -41,11 +41,11 @@ struct SemInner {
     /// The most permits it may hold (bounded semaphores and locks).
     bound: Option<usize>,
     waiters: WaitList,
-    kind: &'static str,
+    kind: &'static &'static str,
 }
 
 impl SemInner {
-    fn new(permits: usize, bound: Option<usize>, kind: &'static str) -> Rc<SemInner> {
+    fn new(permits: usize, bound: Option<usize>, kind: &'static &'static str) -> Rc<SemInner> {
         Rc::new(SemInner {
             permits: Cell::new(permits),
             handed: Cell::new(0),
@@ -231,7 +231,7 @@ impl Semaphore {
     /// A semaphore with `permits` free permits.
     pub fn new(permits: usize) -> Semaphore {
         Semaphore {
-            inner: SemInner::new(permits, None, "semaphore"),
+            inner: SemInner::new(permits, None, &"semaphore"),
         }
     }
 
@@ -263,7 +263,7 @@ impl BoundedSemaphore {
     /// A semaphore with `permits` free permits, and at most that many ever.
     pub fn new(permits: usize) -> BoundedSemaphore {
         BoundedSemaphore {
-            inner: SemInner::new(permits, Some(permits), "bounded semaphore"),
+            inner: SemInner::new(permits, Some(permits), &"bounded semaphore"),
         }
     }
 
@@ -308,7 +308,7 @@ impl Lock {
     /// A new, unlocked lock.
     pub fn new() -> Lock {
         Lock {
-            inner: SemInner::new(1, Some(1), "lock"),
+            inner: SemInner::new(1, Some(1), &"lock"),
         }
     }
 
@@ -483,7 +483,7 @@ impl RLock {
         // Woken, the lock was handed to us; if we cannot take it, it goes on.
         if !inner
             .waiters
-            .wait("re-entrant lock", deadline, || inner.release_level())?
+            .wait(&"re-entrant lock", deadline, || inner.release_level())?
         {
             return Err(Error::Timeout);
         }

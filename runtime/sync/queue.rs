@@ -244,6 +244,7 @@ impl<T, S: Store<T>> Core<T, S> {
     }
 
     /// Adds `item` (room is known to be there) and hands it to the first waiting getter.
+    #[inline(always)]
     fn push(&self, item: T) {
         self.items.borrow_mut().push(item);
         self.unfinished.set(self.unfinished.get() + 1);
@@ -253,6 +254,7 @@ impl<T, S: Store<T>> Core<T, S> {
     }
 
     /// Takes the next item; a place is then free: promise it to the first waiting putter.
+    #[inline(always)]
     fn pop(&self) -> T {
         let item = self.items.borrow_mut().pop().expect("an item was counted");
         if self.capacity.is_some() && self.putters.notify_one() {
@@ -281,6 +283,7 @@ impl<T, S: Store<T>> Core<T, S> {
         }
     }
 
+    #[inline(always)]
     fn put(&self, item: T, deadline: Option<Instant>, wait: bool) -> Result<(), PutError<T>> {
         loop {
             if self.closed.get() {
@@ -295,7 +298,7 @@ impl<T, S: Store<T>> Core<T, S> {
             }
             match self
                 .putters
-                .wait("queue (put)", deadline, || self.give_back_room())
+                .wait(&"queue (put)", deadline, || self.give_back_room())
             {
                 Ok(true) if self.room_grants.get() > 0 => {
                     self.room_grants.set(self.room_grants.get() - 1);
@@ -312,6 +315,7 @@ impl<T, S: Store<T>> Core<T, S> {
         }
     }
 
+    #[inline(always)]
     fn get(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
         loop {
             if self.len() > self.item_grants.get() {
@@ -325,7 +329,7 @@ impl<T, S: Store<T>> Core<T, S> {
             }
             match self
                 .getters
-                .wait("queue (get)", deadline, || self.give_back_item())
+                .wait(&"queue (get)", deadline, || self.give_back_item())
             {
                 Ok(true) if self.item_grants.get() > 0 => {
                     self.item_grants.set(self.item_grants.get() - 1);
@@ -360,7 +364,7 @@ impl<T, S: Store<T>> Core<T, S> {
 
     fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
         while self.unfinished.get() > 0 {
-            if !self.joiners.wait("queue (join)", deadline, || {})? {
+            if !self.joiners.wait(&"queue (join)", deadline, || {})? {
                 return Err(Error::Timeout);
             }
         }

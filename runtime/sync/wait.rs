@@ -27,6 +27,7 @@ impl WaitList {
 
     /// Wakes the first greenlet still waiting, giving it the grant; returns whether there
     /// was one.
+    #[inline]
     pub(crate) fn notify_one(&self) -> bool {
         loop {
             let Some(w) = self.waiters.borrow_mut().pop_front() else {
@@ -42,8 +43,9 @@ impl WaitList {
     pub(crate) fn notify_one_greenlet(&self) -> Option<u64> {
         loop {
             let w = self.waiters.borrow_mut().pop_front()?;
+            let id = w.task.greenlet.id();
             if w.wake(Wake::Ready) {
-                return Some(w.task.greenlet.id());
+                return Some(id);
             }
         }
     }
@@ -51,7 +53,10 @@ impl WaitList {
     /// Wakes every waiting greenlet; returns how many.
     pub(crate) fn notify_all(&self) -> usize {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        waiters.into_iter().filter(|w| w.wake(Wake::Ready)).count()
+        waiters
+            .into_iter()
+            .filter_map(|w| w.wake(Wake::Ready).then_some(()))
+            .count()
     }
 
     /// How many greenlets are still waiting.
@@ -83,9 +88,10 @@ impl WaitList {
     /// # Errors
     /// [`Error::Timeout`] when a `Timeout` scope expires, [`Error::BlockForever`] when
     /// nothing can wake it, or an error thrown into the greenlet.
+    #[inline(always)]
     pub(crate) fn wait(
         &self,
-        kind: &'static str,
+        kind: &'static &'static str,
         deadline: Option<Instant>,
         give_back: impl FnOnce(),
     ) -> Result<bool, Error> {
@@ -109,7 +115,7 @@ impl WaitList {
 }
 
 #[inline]
-fn begin(hub: &crate::hub::Hub, kind: &'static str) -> Waiter {
+fn begin(hub: &crate::hub::Hub, kind: &'static &'static str) -> Waiter {
     hub.begin_wait_on(WaitOn::Sync(kind))
 }
 

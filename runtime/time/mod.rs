@@ -25,12 +25,20 @@ use crate::hub::{self, Scope, Task};
 /// b.join().unwrap();
 /// assert!(t.elapsed() < Duration::from_millis(55), "they slept at the same time");
 /// ```
+// Inlined, with the yield of `sleep(ZERO)`: see `hub::yield_now`.
+#[inline(always)]
 pub fn sleep(duration: Duration) {
-    let _ = if duration.is_zero() {
-        hub::yield_now()
+    if duration.is_zero() {
+        let _ = hub::yield_now();
     } else {
-        hub::sleep_until(Instant::now() + duration)
-    };
+        sleep_for(duration);
+    }
+}
+
+/// [`sleep`] for a duration that is not zero.
+#[inline(never)]
+fn sleep_for(duration: Duration) {
+    let _ = hub::sleep_until(Instant::now() + duration);
 }
 
 static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
