@@ -170,13 +170,15 @@ fn pool_spawn_is_cut_short_by_a_timeout_scope() {
 fn wait_available_returns_the_free_count_once_a_slot_frees_or_times_out() {
     let pool = Pool::new(2);
     assert_eq!(pool.wait_available(None).unwrap(), 2);
+    let short_started = Instant::now();
     pool.spawn(|| sleep(10 * MS)).unwrap();
     pool.spawn(|| sleep(Duration::from_secs(60))).unwrap();
     assert_eq!(pool.free_count(), 0);
     assert!(matches!(pool.wait_available(Some(MS)), Err(Error::Timeout)));
-    let t = Instant::now();
     assert_eq!(pool.wait_available(None).unwrap(), 1);
-    assert!(t.elapsed() >= 5 * MS);
+    // From the short job's start: the timed-out wait before can take most of its 10 ms
+    // on a loaded machine.
+    assert!(short_started.elapsed() >= 10 * MS);
     pool.kill();
 }
 
