@@ -454,7 +454,10 @@ impl Hub {
                 break;
             }
         }
-        if let Some(t) = timer {
+        // Woken by its timer, the timer is gone already (it fired): nothing to look up.
+        if let Some(t) = timer
+            && task.wake.get() != Wake::Timer
+        {
             self.cancel_timer(t);
         }
         self.woken(task, scope, deadline)
