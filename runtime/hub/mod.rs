@@ -38,7 +38,7 @@ pub use io::Direction;
 pub use remote::{HubHandle, ResultReceiver, ResultSender, result_channel};
 pub use run_info::{dump, install_dump_signal};
 pub use spawn::{JoinHandle, SpawnBuilder, joinall, killall, spawn, spawn_later};
-pub(crate) use task::{Scope, SpareTasks, Task, WaitOn, Waiter, Wake};
+pub(crate) use task::{Scope, Task, WaitOn, Waiter, Wake};
 use timer::Timers;
 
 /// How often the hub gives back the memory of stacks nobody reused, in ns.
@@ -76,8 +76,6 @@ pub(crate) struct Hub {
     /// When to next give back the memory of stacks left unused (see `StackPool::trim`),
     /// in [`coarse_now`] time: checked after every poll, so it must be cheap to read.
     next_trim: Cell<u64>,
-    /// Finished tasks kept for reuse.
-    spare_tasks: SpareTasks,
     /// The round in progress, and handing off between greenlets (see `round`).
     round: round::Round,
     /// Bumped whenever a greenlet the hub ran has died (its stack went back to the pool).
@@ -187,7 +185,6 @@ impl Hub {
             all_tasks: RefCell::new(slab::Slab::new()),
             next_seq: Cell::new(1),
             round: round::Round::default(),
-            spare_tasks: SpareTasks::default(),
             next_trim: Cell::new(coarse_now() + STACK_TRIM_INTERVAL_NS),
             deaths: Cell::new(0),
             deaths_at_trim: Cell::new(0),
@@ -205,7 +202,6 @@ impl Hub {
     /// greenlet holds one on its stack.
     fn tear_down(&self) {
         raw::forget_hub_thread();
-        self.spare_tasks.clear();
         run_info::unregister_hub(&self.remote);
         self.remote.close();
         if let Some(p) = &self.probe {
@@ -278,7 +274,7 @@ impl Hub {
         if self.main.is_running() {
             let mut main_task = self.main_task.borrow_mut();
             let task = main_task.get_or_insert_with(|| {
-                let task: Rc<Task> = Rc::new(Task::new(self.main.clone(), None));
+                let task: Rc<Task> = Rc::new(Task::new(self.main.clone(), ()));
                 self.track(&task);
                 task
             });
@@ -302,33 +298,11 @@ impl Hub {
         others
             .entry(me.id())
             .or_insert_with(|| {
-                let task: Rc<Task> = Rc::new(Task::new(me, None));
+                let task: Rc<Task> = Rc::new(Task::new(me, ()));
                 self.track(&task);
                 task
             })
             .clone()
-    }
-
-    /// A task for `greenlet` (a spare one if there is one), carrying a spawned greenlet's
-    /// `body`.
-    pub(crate) fn new_task(
-        &self,
-        greenlet: Greenlet,
-        body: Option<Rc<dyn std::any::Any>>,
-    ) -> Rc<Task> {
-        self.spare_tasks.take(greenlet, body)
-    }
-
-    /// Lets go of a handle to `task`: if it was the last and the task is finished, the
-    /// task is kept for reuse.
-    pub(crate) fn release_task(&self, task: Rc<Task>) {
-        drop(self.spare_tasks.keep(task, &self.greenlet));
-    }
-
-    /// The task the hub switched into last, if it is still in its run (for a spawned
-    /// greenlet's body to find its own task).
-    pub(crate) fn running_task(&self) -> Option<Rc<Task>> {
-        self.running.borrow().clone()
     }
 
     /// Remembers a task for `dump()` until [`untrack`](Hub::untrack).
@@ -339,7 +313,7 @@ impl Hub {
     }
 
     /// Forgets a task (it has finished).
-    pub(crate) fn untrack(&self, task: &Task) {
+    pub(crate) fn untrack<C: ?Sized>(&self, task: &Task<C>) {
         let slot = task.tracked.replace(u32::MAX);
         if slot != u32::MAX {
             self.all_tasks.borrow_mut().try_remove(slot as usize);
@@ -592,7 +566,6 @@ impl Hub {
         if let Some(last) = self.running.take() {
             died |= last.greenlet.is_dead();
             self.end_run(&last, ended);
-            self.release_task(last);
         }
         if died {
             self.deaths.set(self.deaths.get() + 1);
@@ -657,7 +630,6 @@ impl Hub {
         if now + SLACK_NS >= self.next_trim.get() {
             self.next_trim.set(now + STACK_TRIM_INTERVAL_NS);
             crate::greenlet::trim_stack_pool();
-            self.spare_tasks.trim();
             let deaths = self.deaths.get();
             self.trim_again.set(deaths != self.deaths_at_trim.get());
             self.deaths_at_trim.set(deaths);
