@@ -404,4 +404,30 @@ mod tests {
         assert_eq!(t.pop_expired(t0 + Duration::from_secs(6)), Some("early"));
         assert_eq!(t.pop_expired(t0 + Duration::from_secs(6)), Some("late"));
     }
+
+    #[test]
+    fn a_lone_timer_anywhere_in_the_window_or_beyond_is_found() {
+        let tick = Duration::from_nanos(1 << TICK_SHIFT);
+        // After the cursor has moved to the middle of a bitmap word, a lone timer is
+        // found at every distance: the cursor's own word, the words after it, the words
+        // that wrap round before it, and the overflow past the window.
+        for start in [0_u32, 37, 700, 2047] {
+            for ahead in (0..WINDOW as u32 + 130).step_by(3) {
+                let t0 = Instant::now();
+                let mut t = Timers::new();
+                t.insert(t0 + tick * start, "first");
+                let passed = t0 + tick * (start + 1);
+                assert_eq!(t.pop_expired(passed), Some("first"));
+                let at = passed + tick * ahead;
+                t.insert(at, "lone");
+                assert_eq!(
+                    t.next_deadline(),
+                    Some(at),
+                    "start {start}, {ahead} ticks on"
+                );
+                assert_eq!(t.pop_expired(at - Duration::from_nanos(1)), None);
+                assert_eq!(t.pop_expired(at), Some("lone"));
+            }
+        }
+    }
 }
