@@ -121,6 +121,8 @@ run() {
             --plot "$out.svg" >"$out.out" 2>"$out.err" || true
         return
     fi
+    # The file exists before the loop below reads it (the background job opens it later).
+    : >"$out.server"
     serve "$name" >"$out.server" 2>&1 &
     PEER_PID=$!
     local addr=""
