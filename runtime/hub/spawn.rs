@@ -5,7 +5,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Hub, Task, Waiter, current_hub, with_hub};
@@ -13,10 +13,11 @@ use crate::error::{Error, PanicPayload, panic_payload_str};
 use crate::greenlet::{self, GreenletExit, LazyBody, Value, getcurrent};
 
 /// A spawned greenlet's function until it runs, then where its result lands and who
-/// waits for it: the task's [`body`](Task::body). `S` is the function ([`Func`]); the
-/// [`JoinHandle`] sees it as `dyn Start`, and the greenlet (which only gets its stack
-/// when it first runs) as `dyn LazyBody`.
+/// waits for it: the [`completion`](Task::completion) of its task. `S` is the function
+/// ([`Func`]); the [`JoinHandle`] sees it as `dyn Start`.
 struct Completion<T, S: ?Sized = dyn Start<T>> {
+    /// The task itself, as the hub sees it (to kill it from a `JoinHandle`).
+    me: Weak<Task>,
     result: RefCell<Option<Result<T, Error>>>,
     done: Cell<bool>,
     joiners: RefCell<Vec<Waiter>>,
@@ -38,11 +39,16 @@ impl<T, F: FnOnce() -> T> Start<T> for Func<F> {
     }
 }
 
-impl<T: 'static, F: FnOnce() -> T + 'static> LazyBody for Completion<T, Func<F>> {
+/// A spawned greenlet's task, as made, in one allocation: the hub sees it as `Task`
+/// (`dyn Any`), its `JoinHandle` as `Task<Completion<T>>` (`dyn Start<T>`), and its
+/// greenlet (which only gets its stack when it first runs) as `dyn LazyBody`.
+type SpawnedTask<T, F> = Task<Completion<T, Func<F>>>;
+
+impl<T: 'static, F: FnOnce() -> T + 'static> LazyBody for SpawnedTask<T, F> {
     fn run(self: Rc<Self>, _: Value) -> Result<Value, Error> {
-        let f = self.func.0.take();
-        // Only a weak handle while `f` runs: the task owns its body, and nothing on the
-        // greenlet's own stack should keep what it belongs to alive.
+        let f = self.completion.func.0.take();
+        // Only a weak handle while `f` runs: a strong one on the greenlet's own stack would
+        // keep the task, and so the greenlet, alive once nothing else refers to it.
         let me = Rc::downgrade(&self);
         drop(self);
         let result = match f.map(|f| catch_unwind(AssertUnwindSafe(f))) {
@@ -56,30 +62,23 @@ impl<T: 'static, F: FnOnce() -> T + 'static> LazyBody for Completion<T, Func<F>>
             }
         };
         super::run_exit_hooks();
-        if let Some(body) = me.upgrade() {
-            // The hub switched (or handed off) into this greenlet: its task is the
-            // running one.
-            with_hub(|hub| {
-                if let Some(task) = hub.running_task().filter(|t| t.greenlet.is_running()) {
-                    hub.untrack(&task);
-                }
-            });
-            body.complete(result);
+        if let Some(task) = me.upgrade() {
+            with_hub(|hub| hub.untrack(task.as_ref()));
+            task.completion.complete(result);
         }
         Ok(Value::unit())
     }
 
     fn cannot_start(self: Rc<Self>, error: std::io::Error) -> Result<Value, Error> {
-        self.func.discard();
-        // The hub is switching into this greenlet: its task is the running one.
-        let task = with_hub(|hub| hub.running_task());
-        let id = task.as_ref().map_or(0, |t| t.greenlet.id());
-        let msg = format!("greenhub: cannot map a stack for greenlet #{id}: {error}");
+        self.completion.func.discard();
+        let msg = format!(
+            "greenhub: cannot map a stack for greenlet #{}: {error}",
+            self.greenlet.id()
+        );
         eprintln!("{msg}");
-        if let Some(task) = task {
-            with_hub(|hub| hub.untrack(&task));
-        }
-        self.complete(Err(Error::Panicked(PanicPayload::new(Box::new(msg)))));
+        with_hub(|hub| hub.untrack(self.as_ref()));
+        self.completion
+            .complete(Err(Error::Panicked(PanicPayload::new(Box::new(msg)))));
         Ok(Value::unit())
     }
 }
@@ -181,7 +180,7 @@ impl SpawnBuilder {
         handle
     }
 
-    /// Makes the task, its body and its greenlet; returns the handle and the task.
+    /// Makes the task (as its handle and as the hub sees it) and its greenlet.
     fn create<F, T>(
         self,
         hub: &Hub,
@@ -193,24 +192,24 @@ impl SpawnBuilder {
         T: 'static,
     {
         let builder = self.greenlet.parent(hub.greenlet());
-        let body = Rc::new(Completion {
-            result: RefCell::new(None),
-            done: Cell::new(false),
-            joiners: RefCell::new(Vec::new()),
-            func: Func(Cell::new(Some(f))),
+        // One allocation holds the hub's task, `f` and the typed completion; the greenlet
+        // reaches it through a weak handle (a strong one would keep itself alive).
+        let task = Rc::new_cyclic(|me: &Weak<SpawnedTask<T, F>>| {
+            let greenlet = builder.build_lazy(location, me.clone());
+            Task::new(
+                greenlet,
+                Completion {
+                    me: me.clone(),
+                    result: RefCell::new(None),
+                    done: Cell::new(false),
+                    joiners: RefCell::new(Vec::new()),
+                    func: Func(Cell::new(Some(f))),
+                },
+            )
         });
-        // The greenlet reaches its body through a weak handle (the task owns both).
-        let lazy: Rc<dyn LazyBody> = body.clone();
-        let greenlet = builder.build_lazy(location, Rc::downgrade(&lazy));
-        drop(lazy);
-        let kept: Rc<dyn Any> = body.clone();
-        let task = hub.new_task(greenlet, Some(kept));
-        hub.track(&task);
-        let handle = JoinHandle {
-            task: Some(task.clone()),
-            body,
-        };
-        (handle, task)
+        let erased: Rc<Task> = task.clone();
+        hub.track(&erased);
+        (JoinHandle { task }, erased)
     }
 }
 
@@ -279,28 +278,10 @@ where
 ///
 /// Dropping the handle detaches the greenlet; it keeps running.
 pub struct JoinHandle<T> {
-    /// `Some` until dropped.
-    task: Option<Rc<Task>>,
-    body: Rc<Completion<T>>,
-}
-
-impl<T> Drop for JoinHandle<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            // Off its thread (never: the handle is `!Send`) or at thread exit, just drop.
-            let _ = super::HUB.try_with(|cell| match cell.get() {
-                Some(hub) => hub.release_task(task),
-                None => drop(task),
-            });
-        }
-    }
+    task: Rc<Task<Completion<T>>>,
 }
 
 impl<T: 'static> JoinHandle<T> {
-    fn task(&self) -> &Rc<Task> {
-        self.task.as_ref().expect("taken only when dropped")
-    }
-
     /// Waits cooperatively until the greenlet finishes and returns its result.
     ///
     /// # Errors
@@ -311,7 +292,8 @@ impl<T: 'static> JoinHandle<T> {
         if !self.is_finished() {
             self.wait(None)?;
         }
-        self.body
+        self.task
+            .completion
             .result
             .borrow_mut()
             .take()
@@ -335,22 +317,22 @@ impl<T: 'static> JoinHandle<T> {
 
     /// Has it finished (returned, panicked or been killed)?
     pub fn is_finished(&self) -> bool {
-        self.body.done.get()
+        self.task.completion.done.get()
     }
 
     /// The greenlet's id.
     pub fn id(&self) -> u64 {
-        self.task().greenlet.id()
+        self.task.greenlet.id()
     }
 
     /// The greenlet's name, if it was given one.
     pub fn name(&self) -> Option<&str> {
-        self.task().greenlet.name()
+        self.task.greenlet.name()
     }
 
     /// Where the greenlet was spawned.
     pub fn spawned_at(&self) -> Option<&'static Location<'static>> {
-        self.task().greenlet.spawned_at()
+        self.task.greenlet.spawned_at()
     }
 
     /// Kills the greenlet and waits until it is dead. The kill is delivered at its
@@ -379,7 +361,7 @@ impl<T: 'static> JoinHandle<T> {
         if self.is_finished() {
             return;
         }
-        let g = &self.task().greenlet;
+        let g = &self.task.greenlet;
         if *g == getcurrent() {
             std::panic::resume_unwind(Box::new(GreenletExit));
         }
@@ -393,12 +375,14 @@ impl<T: 'static> JoinHandle<T> {
             if let Some(parent) = parent {
                 let _ = g.set_parent(&parent);
             }
-            self.body.func.discard();
-            with_hub(|hub| hub.untrack(self.task()));
-            self.body.complete(Err(Error::Killed));
+            self.task.completion.func.discard();
+            with_hub(|hub| hub.untrack(self.task.as_ref()));
+            self.task.completion.complete(Err(Error::Killed));
             return;
         }
-        with_hub(|hub| hub.request_kill(self.task()));
+        if let Some(task) = self.task.completion.me.upgrade() {
+            with_hub(|hub| hub.request_kill(&task));
+        }
     }
 }
 
@@ -425,7 +409,7 @@ fn wait_all<T: 'static>(
         }
         let waiter = hub.begin_wait_on(super::WaitOn::Join);
         for h in handles.iter().filter(|h| !h.is_finished()) {
-            let mut joiners = h.body.joiners.borrow_mut();
+            let mut joiners = h.task.completion.joiners.borrow_mut();
             joiners.retain(Waiter::is_waiting);
             joiners.push(waiter.clone());
         }

@@ -53,11 +53,12 @@ pub(crate) struct Scope {
 
 /// The hub's view of one greenlet that blocks cooperatively.
 ///
-/// A plain (sized) struct, so that a handle to it is one pointer and its fields sit at
-/// fixed offsets: the ready queue, wait lists and waiters hold `Rc<Task>`s, and every
-/// wait reads and writes several fields. A spawned greenlet's function and typed result
-/// live in a body of their own ([`body`](Task::body), see `spawn`).
-pub(crate) struct Task {
+/// `C` is what a spawned greenlet's [`JoinHandle`](super::JoinHandle) waits on (its
+/// function until it runs, then its typed result and joiners), kept in the task's own
+/// allocation: spawning allocates once. The hub sees every task as `Rc<Task>` (`C = dyn
+/// Any`); other greenlets' tasks carry `()`. The sized fields come first, at the same
+/// offsets whatever `C` is.
+pub(crate) struct Task<C: ?Sized = dyn std::any::Any> {
     pub(crate) greenlet: Greenlet,
     /// The task's slot in the hub's table of live tasks (for `dump()`); `u32::MAX`: none.
     pub(crate) tracked: Cell<u32>,
@@ -79,16 +80,13 @@ pub(crate) struct Task {
     /// Time spent running after those switches, in ns (to the scheduler tick: see
     /// `coarse_now`).
     pub(crate) run_time: Cell<u64>,
-    /// What a spawned greenlet's `JoinHandle` waits on (its function until it runs, then
-    /// its result and joiners), kept alive as long as the task: a detached greenlet's
-    /// function must outlive its handle.
-    #[allow(dead_code, reason = "owned to keep the body alive, never read")]
-    body: Option<Rc<dyn std::any::Any>>,
+    /// See the type's docs.
+    pub(crate) completion: C,
 }
 
-impl Task {
-    /// A task for `greenlet`, with the spawned greenlet's `body` if it has one.
-    pub(crate) fn new(greenlet: Greenlet, body: Option<Rc<dyn std::any::Any>>) -> Task {
+impl<C> Task<C> {
+    /// A task for `greenlet`, carrying `completion`.
+    pub(crate) fn new(greenlet: Greenlet, completion: C) -> Task<C> {
         Task {
             greenlet,
             tracked: Cell::new(u32::MAX),
@@ -100,10 +98,12 @@ impl Task {
             waiting_on: Cell::new(WaitOn::Nothing),
             runs: Cell::new(0),
             run_time: Cell::new(0),
-            body,
+            completion,
         }
     }
+}
 
+impl<C: ?Sized> Task<C> {
     /// Is a `Timeout` scope open?
     #[inline]
     pub(crate) fn has_scopes(&self) -> bool {
@@ -159,80 +159,5 @@ impl Waiter {
     #[inline]
     pub(crate) fn wake_listed(&self, reason: Wake) -> bool {
         self.is_waiting() && self.clone().wake(reason)
-    }
-}
-
-/// Finished tasks kept for reuse, so that spawning a greenlet allocates no task record
-/// (only its typed body): the hub's ready queue, wait lists and waiters then always hold
-/// a small, plain `Rc<Task>`. A task comes here when its last handle goes and nothing
-/// else (no weak handle) refers to it; its greenlet and body are let go at once, so the
-/// greenlet's record and stack go back to their own pools.
-#[derive(Default)]
-pub(crate) struct SpareTasks {
-    spares: RefCell<Vec<Rc<Task>>>,
-    /// The fewest spares there were since the last [`trim`](SpareTasks::trim).
-    low: Cell<usize>,
-}
-
-/// Most spare tasks kept (like the warm stacks of the stack pool).
-const MAX_SPARE_TASKS: usize = 16_384;
-
-impl SpareTasks {
-    /// A task for `greenlet` carrying `body`: a spare one if there is one.
-    pub(crate) fn take(&self, greenlet: Greenlet, body: Option<Rc<dyn std::any::Any>>) -> Rc<Task> {
-        let spare = self.spares.borrow_mut().pop();
-        let len = self.spares.borrow().len();
-        if len < self.low.get() {
-            self.low.set(len);
-        }
-        match spare {
-            Some(mut task) => {
-                match Rc::get_mut(&mut task) {
-                    Some(t) => *t = Task::new(greenlet, body),
-                    None => return Rc::new(Task::new(greenlet, body)), // never: kept unique
-                }
-                task
-            }
-            None => Rc::new(Task::new(greenlet, body)),
-        }
-    }
-
-    /// Takes `task` for reuse if `handle` is its last handle and its greenlet is dead;
-    /// `placeholder` replaces its greenlet meanwhile. Gives it back otherwise.
-    pub(crate) fn keep(&self, mut task: Rc<Task>, placeholder: &Greenlet) -> Option<Rc<Task>> {
-        if !task.greenlet.is_dead() || self.spares.borrow().len() >= MAX_SPARE_TASKS {
-            return Some(task);
-        }
-        let Some(t) = Rc::get_mut(&mut task) else {
-            return Some(task);
-        };
-        // Let go of what it holds now (user code may run: a body's captured values).
-        let greenlet = std::mem::replace(&mut t.greenlet, placeholder.clone());
-        let body = t.body.take();
-        t.scopes.get_mut().clear();
-        drop((greenlet, body));
-        if let Ok(mut spares) = self.spares.try_borrow_mut() {
-            spares.push(task);
-            return None;
-        }
-        Some(task)
-    }
-
-    /// Gives back the spares that were not needed since the last trim.
-    pub(crate) fn trim(&self) {
-        let unused = self.low.get();
-        let mut spares = self.spares.borrow_mut();
-        let keep = spares.len() - unused.min(spares.len());
-        let gone: Vec<Rc<Task>> = spares.drain(keep..).collect();
-        self.low.set(spares.len());
-        drop(spares);
-        drop(gone);
-    }
-
-    /// Drops every spare (the hub is torn down).
-    pub(crate) fn clear(&self) {
-        let gone = std::mem::take(&mut *self.spares.borrow_mut());
-        self.low.set(0);
-        drop(gone);
     }
 }
