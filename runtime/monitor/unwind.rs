@@ -67,6 +67,8 @@ pub(crate) enum WalkEnd {
 /// the list of loaded objects between walks, so that a walk allocates nothing.
 pub(crate) struct Unwinder {
     modules: Vec<Module>,
+    /// Handles that keep the listed objects loaded while `modules` reads their tables.
+    pins: Vec<Pin>,
     ctx: Box<UnwindContext<usize>>,
     memory: Memory,
 }
@@ -75,15 +77,21 @@ impl Unwinder {
     pub(crate) fn new() -> Unwinder {
         Unwinder {
             modules: Vec::new(),
+            pins: Vec::new(),
             ctx: Box::new(UnwindContext::new()),
             memory: Memory::new(),
         }
     }
 
     /// Reads the list of loaded objects again (before a capture: never while a thread is
-    /// held, since `dl_iterate_phdr` takes the loader's lock, which it might hold).
+    /// held, since `dl_iterate_phdr` takes the loader's lock, which it might hold). The
+    /// objects listed stay loaded until the next refresh: a `dlclose` by the program
+    /// meanwhile only drops its own reference.
     pub(crate) fn refresh_modules(&mut self) {
-        self.modules = loaded_modules();
+        let (modules, pins) = loaded_modules();
+        self.modules = modules;
+        // The old handles go after the new ones are taken, and after the old tables.
+        self.pins = pins;
     }
 
     /// Forgets the memory read so far (the stacks have moved on since).
@@ -316,29 +324,102 @@ fn evaluate(
     (n > 0).then(|| stack[n - 1])
 }
 
-/// The loaded objects with unwind tables (`PT_GNU_EH_FRAME`), the vDSO included.
-fn loaded_modules() -> Vec<Module> {
-    struct Raw {
-        text: Vec<(u64, u64)>,
-        /// `[start, end)` of each loaded segment.
-        loads: Vec<(u64, u64)>,
-        hdr: Option<(u64, u64)>,
+/// A `dlopen` handle on a loaded object: while it is held, the object cannot be unloaded.
+struct Pin(*mut c_void);
+
+// SAFETY: a handle from `dlopen` is not tied to the thread that opened it; `dlclose` may
+// be called from any thread.
+unsafe impl Send for Pin {}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        // SAFETY: a handle `dlopen` returned, closed once, here.
+        unsafe { libc::dlclose(self.0) };
+    }
+}
+
+/// The count of objects unloaded so far in this process (glibc's `dlpi_subs`).
+fn unloads_so_far() -> u64 {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `u64` passed below; `info` is valid during the call.
+        unsafe { *data.cast::<u64>() = (*info).dlpi_subs };
+        1 // the counter is the same in every entry: stop at the first
+    }
+    let mut subs = 0_u64;
+    // SAFETY: `first` matches the callback type and only writes `data` as the u64 it is.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&mut subs as *mut u64).cast()) };
+    subs
+}
+
+/// The loaded objects with unwind tables (`PT_GNU_EH_FRAME`), the vDSO included, and the
+/// handles that keep them loaded while their tables are read.
+///
+/// Each object that has a name is pinned with `dlopen(RTLD_NOLOAD)`, and the list is
+/// taken again if an object was unloaded between the listing and the pinning (glibc's
+/// unload counter moved): so every listed object stays mapped while it is pinned. The
+/// objects without a name (the program, the vDSO) are never unloaded.
+fn loaded_modules() -> (Vec<Module>, Vec<Pin>) {
+    for _ in 0..3 {
+        let before = unloads_so_far();
+        let (raws, names) = list_objects();
+        let pins: Vec<Pin> = names
+            .iter()
+            .filter_map(|name| {
+                // SAFETY: `name` is a NUL-terminated copy of a loaded object's name;
+                // RTLD_NOLOAD never loads anything, it only adds a reference.
+                let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+                (!h.is_null()).then_some(Pin(h))
+            })
+            .collect();
+        if unloads_so_far() == before {
+            return (modules_of(raws), pins);
+        }
+    }
+    // Objects keep being unloaded: no tables this time (the walk stops at the first frame).
+    (Vec::new(), Vec::new())
+}
+
+/// What `dl_iterate_phdr` says of one loaded object.
+struct Raw {
+    text: Vec<(u64, u64)>,
+    /// `[start, end)` of each loaded segment.
+    loads: Vec<(u64, u64)>,
+    hdr: Option<(u64, u64)>,
+}
+
+/// The loaded objects, and the names of those that have one.
+fn list_objects() -> (Vec<Raw>, Vec<std::ffi::CString>) {
+    #[derive(Default)]
+    struct Found {
+        raws: Vec<Raw>,
+        names: Vec<std::ffi::CString>,
     }
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
         data: *mut c_void,
     ) -> libc::c_int {
-        // SAFETY: `data` is the `Vec<Raw>` passed to dl_iterate_phdr below, and `info`
-        // describes one loaded object, its `dlpi_phnum` headers at `dlpi_phdr`, valid
-        // for the duration of this call.
-        let (raws, info) = unsafe { (&mut *data.cast::<Vec<Raw>>(), &*info) };
+        // SAFETY: `data` is the `Found` passed to dl_iterate_phdr below, and `info`
+        // describes one loaded object, its `dlpi_phnum` headers at `dlpi_phdr` and its
+        // NUL-terminated `dlpi_name`, valid for the duration of this call.
+        let (found, info) = unsafe { (&mut *data.cast::<Found>(), &*info) };
         let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
             &[]
         } else {
             // SAFETY: as above.
             unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
         };
+        if !info.dlpi_name.is_null() {
+            // SAFETY: as above.
+            let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) };
+            if !name.is_empty() {
+                found.names.push(name.to_owned());
+            }
+        }
         let bias = info.dlpi_addr;
         let mut raw = Raw {
             text: Vec::new(),
@@ -358,12 +439,19 @@ fn loaded_modules() -> Vec<Module> {
                 _ => {}
             }
         }
-        raws.push(raw);
+        found.raws.push(raw);
         0
     }
-    let mut raws: Vec<Raw> = Vec::new();
-    // SAFETY: `each` matches the callback type and only uses `data` as the Vec it is.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut raws as *mut Vec<Raw>).cast()) };
+    let mut found = Found::default();
+    // SAFETY: `each` matches the callback type and only uses `data` as the Found it is.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut Found).cast()) };
+    (found.raws, found.names)
+}
+
+/// The unwind tables of `raws`, read in place.
+///
+/// Each object must stay loaded while the modules are used (see [`loaded_modules`]).
+fn modules_of(raws: Vec<Raw>) -> Vec<Module> {
     let within = |loads: &[(u64, u64)], at: u64| {
         loads
             .iter()
@@ -375,8 +463,9 @@ fn loaded_modules() -> Vec<Module> {
             let (hdr_at, hdr_end) = raw.hdr?;
             let hdr_end = within(&raw.loads, hdr_at)?.min(hdr_end.max(hdr_at));
             // SAFETY: `.eh_frame_hdr` lies in a loaded, readable segment of an object that
-            // stays loaded while it is listed (objects are not unloaded under a walk: see
-            // `refresh_modules`; a program that `dlclose`s concurrently could unmap it).
+            // stays loaded as long as the tables made here are used: the caller holds a
+            // pin on it, or it is the program or the vDSO (see `loaded_modules`); the
+            // slice is dropped with `Unwinder::modules`, before the pin.
             let hdr_bytes: &'static [u8] = unsafe {
                 std::slice::from_raw_parts(hdr_at as *const u8, (hdr_end - hdr_at) as usize)
             };
@@ -572,6 +661,23 @@ mod tests {
             at.checked_sub(0x1000)
                 .and_then(|i| code.get(i as usize).copied())
         }
+    }
+
+    #[test]
+    fn the_objects_whose_tables_are_read_are_pinned_loaded() {
+        let mut u = Unwinder::new();
+        u.refresh_modules();
+        let (_, names) = list_objects();
+        // libc (and every shared object the test links) has a name and can be pinned.
+        assert!(
+            names
+                .iter()
+                .any(|n| n.to_string_lossy().contains("libc.so"))
+        );
+        assert!(!u.pins.is_empty(), "no object pinned");
+        assert!(u.pins.len() <= names.len());
+        u.refresh_modules(); // the old pins go, new ones are taken
+        assert!(!u.pins.is_empty());
     }
 
     #[test]
