@@ -56,8 +56,7 @@ pub(crate) struct Scope {
 /// `C` is what a spawned greenlet's [`JoinHandle`](super::JoinHandle) waits on (its
 /// function until it runs, then its typed result and joiners), kept in the task's own
 /// allocation: spawning allocates once. The hub sees every task as `Rc<Task>` (`C = dyn
-/// Any`); other greenlets' tasks carry `()`. The sized fields come first, at the same
-/// offsets whatever `C` is.
+/// Any`); other greenlets' tasks carry `()`.
 pub(crate) struct Task<C: ?Sized = dyn std::any::Any> {
     pub(crate) greenlet: Greenlet,
     /// The task's slot in the hub's table of live tasks (for `dump()`); `u32::MAX`: none.

@@ -29,7 +29,7 @@
 //! The monitor thread sleeps while no hub needs a look (every hub idle in `epoll_wait`, or
 //! running with nobody waiting until its time slice ends or its next timer is due); the
 //! hubs wake it through the probe's doorbell when that changes. An idle process wakes it
-//! not at all; with both reports and time slices off no monitor thread starts.
+//! once a minute (its longest nap); with both reports and time slices off no monitor thread starts.
 //!
 //! This layer sits below the hub (it needs only the greenlet probe), so that the hub can
 //! start it when the first hub is created.

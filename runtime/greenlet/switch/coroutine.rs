@@ -91,7 +91,7 @@ impl CoSlot {
 /// `Err` carries what goes to its parent.
 #[inline(never)]
 pub(super) fn make_lazy(ti: &Inner) -> Result<(), Payload> {
-    let body = take_lazy(ti).expect("a live greenlet owns its coroutine");
+    let body = take_lazy(ti).expect("an unstarted lazy greenlet keeps its body until it starts");
     match with_thread(|t| t.pool.borrow_mut().get(ti.stack_size)) {
         Ok(mut stack) => {
             stack.set_owner(ti.id, ti.name.as_deref().unwrap_or(""));
