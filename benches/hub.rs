@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 
 use greenhub::monitor::{self, Config};
 
+#[path = "../examples/support/stats.rs"]
+mod stats;
+use stats::{median, ns_per};
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
     Greenhub,
@@ -59,23 +63,6 @@ impl Peer {
 /// The peers in the order of round `round`: each one goes first in turn.
 fn rotated(round: usize) -> impl Iterator<Item = Peer> {
     (0..PEERS.len()).map(move |i| PEERS[(round + i) % PEERS.len()])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn ns_per(d: Duration, n: u64) -> f64 {
-    d.as_secs_f64() * 1e9 / n as f64
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {

@@ -25,6 +25,10 @@ use greenhub::monitor::{self, Config};
 use greenhub::sync::Queue;
 use greenhub::{joinall, spawn};
 
+#[path = "../examples/support/stats.rs"]
+mod stats;
+use stats::{median, ns_per};
+
 const PINGPONG: u64 = 200_000;
 const FANOUT: u64 = 1_000_000;
 const CONSUMERS: usize = 100;
@@ -42,23 +46,6 @@ const PEERS: [Peer; 3] = [Peer::Greenhub, Peer::Tokio, Peer::May];
 /// The peers in the order of round `round`: each one goes first in turn.
 fn rotated(round: usize) -> impl Iterator<Item = Peer> {
     (0..PEERS.len()).map(move |i| PEERS[(round + i) % PEERS.len()])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn ns_per(d: Duration, messages: u64) -> f64 {
-    d.as_secs_f64() * 1e9 / messages as f64
 }
 
 /// A ping-pong over two queues (`bounded`: of capacity `CAPACITY`), `PINGPONG` round trips.

@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 
 use greenhub::{Greenlet, getcurrent};
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::median;
+
 /// Resident set size of this process in KiB, from /proc/self/status.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -299,19 +303,6 @@ fn sleepers_run(peer: &str, n: usize) -> Option<Sleepers> {
         faults: field("faults")?,
         late_ms: [field("p50")?, field("p99")?, field("max")?],
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
 }
 
 /// A figure of [`Sleepers`]: its name, how to read it, its unit.
