@@ -177,7 +177,9 @@ fn a_greenlet_in_a_blocking_syscall_is_reported_as_such() {
         .spawn(move || {
             let t = Instant::now();
             while !reported_me(&sink) && t.elapsed() < Duration::from_secs(20) {
-                std::thread::sleep(Duration::from_millis(20)); // blocks the hub in a syscall
+                // Blocks the hub in a syscall; long sleeps keep the thread off the CPU but
+                // for microseconds each, which a capture could otherwise land in.
+                std::thread::sleep(Duration::from_millis(100));
             }
         });
     let id = hog.id();
